@@ -8,8 +8,8 @@ PROFILE = CostProfile([0, 1024], [64, 1024], [[0.01, 0.1], [0.02, 0.2]])
 
 def snapshot(tree):
     s = tree.stats()
-    stats = (s.num_nodes, s.used_bytes, s.capacity_bytes, s.evictions, s.clock, s.lookups, s.hits,
-             s.hit_tokens, s.lookup_tokens)
+    stats = (s.num_nodes, s.interned_names, s.used_bytes, s.capacity_bytes, s.evictions, s.clock, s.lookups,
+             s.hits, s.hit_tokens, s.lookup_tokens)
     nodes = []
     for i in tree.node_ids():
         n = tree.node(i)
@@ -47,8 +47,25 @@ CASES = [
     (lambda t, ids: t.insert("m", ["x"], [1], [1], tier="ssd"), ValueError, ["'ssd'", "gpu, host, remote"]),
     (lambda t, ids: t.insert("m", ["x"], [1], [1], tier="remote"), ValueError, ["'remote'", "not configured"]),
     (lambda t, ids: t.insert("m", ["a", "x"], [65, 1], [300, 1]), ValueError, ["'a'", "64 tokens"]),
-    # c (host) is promoted into gpu and a, b demoted, but 800 more bytes never fit beside c.
-    (lambda t, ids: t.insert("m", ["c", "big"], [64, 1], [300, 800]), CapacityError, ["'gpu'", "800 bytes"]),
+    # c (host) promoted into gpu plus 800 new bytes can never fit: refused before evicting anything.
+    (lambda t, ids: t.insert("m", ["c", "big"], [64, 1], [300, 800]), CapacityError,
+     ["'gpu'", "1100 bytes", "capacity is 1000"]),
+    # Byte sums past int64 are refused, not wrapped into a negative size.
+    (lambda t, ids: t.insert("m", ["x", "y"], [1, 1], [2**62, 2**62]), CapacityError, ["'gpu'", "more than"]),
+    # Arguments of the wrong type or range name the argument, not a pybind11 signature list.
+    (lambda t, ids: t.match(None, ["a"]), TypeError, ["match: namespace", "str", "None"]),
+    (lambda t, ids: t.match("m", "ab"), TypeError, ["match: doc_ids", "list of str"]),
+    (lambda t, ids: t.match("m", ["a", 7]), TypeError, ["match: doc_ids[1]", "str"]),
+    (lambda t, ids: t.insert("m", ["x"], [2**63], [1]), ValueError, ["insert: doc_tokens[0]", "64-bit"]),
+    (lambda t, ids: t.insert("m", ["x"], [1.5], [1]), TypeError, ["insert: doc_tokens[0]", "integer"]),
+    (lambda t, ids: t.insert("m", ["x"], [True], [1]), TypeError, ["insert: doc_tokens[0]", "integer"]),
+    (lambda t, ids: t.insert("m", ["x"], [1], [1], lock="yes"), TypeError, ["insert: lock", "True or False"]),
+    (lambda t, ids: t.insert("m", ["x"], [1], [1], tier=None), TypeError, ["insert: tier", "str"]),
+    (lambda t, ids: t.lock([-1]), ValueError, ["lock: node_ids[0]", "0 to"]),
+    (lambda t, ids: t.remove_document(None), TypeError, ["remove_document: doc_id"]),
+    (lambda t, ids: t.remove_document(""), ValueError, ["doc_id", "non-empty"]),
+    (lambda t, ids: t.peek("m", []), ValueError, ["doc_ids", "empty"]),
+    (lambda t, ids: t.evict("gpu", 2**64), ValueError, ["evict: nbytes", "64-bit"]),
     (lambda t, ids: t.insert("m", ["huge"], [1], [5000]), CapacityError, ["'gpu'", "5000"]),
     (lambda t, ids: t.match("m", ["a", "a"]), ValueError, ["more than once"]),
     (lambda t, ids: t.match("m", ["a"], [1, 2]), ValueError, ["doc_tokens"]),
@@ -108,7 +125,6 @@ def test_unlock_more_often_than_locked(tree):
 @pytest.mark.parametrize("kwargs,words", [
     (dict(capacities={"gpu": 10}, policy="fifo"), ["'fifo'", "pgdsf, gdsf, lru, lfu"]),
     (dict(capacities={"gpu": 10}, policy="pgdsf"), ["profile"]),
-    (dict(capacities={"gpu": 10, "remote": 10}, policy="lru"), ["prefix"]),
     (dict(capacities={"gpu": 10, "nvme": 10}, policy="lru"), ["'nvme'"]),
     (dict(capacities={"gpu": 0}, policy="lru"), ["capacities['gpu']", "> 0"]),
     (dict(capacities={}, policy="lru"), ["capacities"]),
@@ -144,3 +160,14 @@ def test_wrong_types_are_type_errors(tree):
     with pytest.raises(TypeError):
         tree.lock("a")
     assert snapshot(tree) == before
+
+
+def test_constructor_arguments_name_the_field():
+    with pytest.raises(TypeError, match="KnowledgeTree: capacities"):
+        KnowledgeTree([("gpu", 10)], "lru")
+    with pytest.raises(ValueError, match=r"capacities\['gpu'\].*64-bit"):
+        KnowledgeTree({"gpu": 2**64}, "lru")
+    with pytest.raises(TypeError, match="KnowledgeTree: profile"):
+        KnowledgeTree({"gpu": 10}, "pgdsf", profile="fast")
+    with pytest.raises(TypeError, match=r"CostProfile: seconds\[0\]\[1\]"):
+        CostProfile([0], [1, 2], [[0.1, "slow"]])

@@ -8,6 +8,7 @@
 #include <string>
 #include <unordered_map>
 
+#include "convert.h"
 #include "hyperrag/block_pool.h"
 #include "hyperrag/device.h"
 #include "hyperrag/transfer_engine.h"
@@ -16,6 +17,10 @@ namespace py = pybind11;
 using hyperrag::BlockId;
 using hyperrag::BlockPool;
 using hyperrag::TransferEngine;
+using hyperrag::bindings::to_int64;
+using hyperrag::bindings::to_int64s;
+using hyperrag::bindings::to_string;
+using hyperrag::bindings::to_uint64;
 
 namespace {
 
@@ -72,13 +77,15 @@ class Region {
   std::string device_ = "cpu";
 };
 
-std::size_t positive(std::int64_t v, const char* field) {
-  if (v <= 0) throw py::value_error(std::string(field) + " must be a positive integer, got " + std::to_string(v));
+std::size_t positive(py::handle obj, const std::string& field) {
+  const std::int64_t v = to_int64(obj, field);
+  if (v <= 0) throw py::value_error(field + " must be a positive integer, got " + std::to_string(v));
   return static_cast<std::size_t>(v);
 }
 
-std::size_t non_negative(std::int64_t v, const char* field) {
-  if (v < 0) throw py::value_error(std::string(field) + " must be >= 0, got " + std::to_string(v));
+std::size_t non_negative(py::handle obj, const std::string& field) {
+  const std::int64_t v = to_int64(obj, field);
+  if (v < 0) throw py::value_error(field + " must be >= 0, got " + std::to_string(v));
   return static_cast<std::size_t>(v);
 }
 
@@ -101,13 +108,14 @@ TransferEngine::Backend backend_from(const std::string& name) {
 // a pending ticket copies alive until the ticket is seen complete.
 class PyTransferEngine {
  public:
-  PyTransferEngine(int threads, const std::string& backend) {
-    const auto kind = backend_from(backend);
+  PyTransferEngine(py::handle threads_arg, py::handle backend) {
+    const auto kind = backend_from(to_string(backend, "backend"));
+    const std::int64_t threads = to_int64(threads_arg, "threads");
     if (threads < 1 || threads > 256) {
       throw py::value_error("threads must be in [1, 256], got " + std::to_string(threads));
     }
     py::gil_scoped_release release;
-    engine_ = std::make_unique<TransferEngine>(threads, kind);
+    engine_ = std::make_unique<TransferEngine>(static_cast<int>(threads), kind);
   }
 
   ~PyTransferEngine() {
@@ -130,7 +138,7 @@ class PyTransferEngine {
         throw py::value_error(where + " must be a (dst, src, nbytes) tuple");
       }
       py::sequence triple = item.cast<py::sequence>();
-      const std::size_t n = non_negative(triple[2].cast<std::int64_t>(), (where + ".nbytes").c_str());
+      const std::size_t n = non_negative(triple[2], where + ".nbytes");
       void* dst = endpoint(triple[0], n, true, device_ok, where + ".dst", regions);
       void* src = endpoint(triple[1], n, false, device_ok, where + ".src", regions);
       ops.push_back({dst, src, n});
@@ -145,13 +153,15 @@ class PyTransferEngine {
     return ticket;
   }
 
-  bool poll(std::uint64_t ticket) {
+  bool poll(py::handle ticket_arg) {
+    const std::uint64_t ticket = to_uint64(ticket_arg, "ticket");
     const bool done = engine_->poll(ticket);
     if (done) keep_.erase(ticket);
     return done;
   }
 
-  void wait(std::uint64_t ticket) {
+  void wait(py::handle ticket_arg) {
+    const std::uint64_t ticket = to_uint64(ticket_arg, "ticket");
     {
       py::gil_scoped_release release;
       engine_->wait(ticket);
@@ -180,7 +190,7 @@ class PyTransferEngine {
   static void* endpoint(py::handle obj, std::size_t n, bool writable, bool device_ok, const std::string& field,
                         std::vector<std::unique_ptr<Region>>& regions) {
     if (py::isinstance<py::int_>(obj) && !py::isinstance<py::bool_>(obj)) {
-      const auto addr = obj.cast<std::int64_t>();
+      const auto addr = to_int64(obj, field);
       if (addr <= 0 && n > 0) throw py::value_error(field + " address must be a positive integer, got " + std::to_string(addr));
       return reinterpret_cast<void*>(static_cast<std::uintptr_t>(addr));
     }
@@ -204,7 +214,10 @@ class PyTransferEngine {
   std::unordered_map<std::uint64_t, std::vector<std::unique_ptr<Region>>> keep_;  // touched with the GIL held
 };
 
-std::vector<BlockId> checked_ids(const std::vector<std::int64_t>& ids) { return {ids.begin(), ids.end()}; }
+std::vector<BlockId> checked_ids(py::handle ids, const char* field) {
+  const std::vector<std::int64_t> v = to_int64s(ids, field);
+  return {v.begin(), v.end()};
+}
 
 }  // namespace
 
@@ -222,7 +235,7 @@ Thread-safe: allocation and counters are serialized; copies into different block
 run in parallel with the GIL released. Do not free or rewrite a block while another
 thread copies it. Views stay valid while the pool lives (a freed block's view shows
 whatever is written there next).)doc")
-      .def(py::init([](std::int64_t block_bytes, std::int64_t num_blocks, const py::object& pinned) {
+      .def(py::init([](py::handle block_bytes, py::handle num_blocks, const py::object& pinned) {
              const auto bb = positive(block_bytes, "block_bytes");
              const auto nb = positive(num_blocks, "num_blocks");
              const auto pin = pinning_from(pinned);
@@ -232,16 +245,16 @@ whatever is written there next).)doc")
            py::arg("block_bytes"), py::arg("num_blocks"), py::arg("pinned") = py::none())
       .def(
           "allocate",
-          [](BlockPool& pool, std::int64_t n) { return pool.allocate(non_negative(n, "n")); }, py::arg("n"),
+          [](BlockPool& pool, py::handle n) { return pool.allocate(non_negative(n, "n")); }, py::arg("n"),
           "n free block ids; PoolExhaustedError (a MemoryError) if fewer are free.")
       .def(
-          "free", [](BlockPool& pool, const std::vector<std::int64_t>& ids) { pool.free(checked_ids(ids)); },
+          "free", [](BlockPool& pool, py::handle ids) { pool.free(checked_ids(ids, "ids")); },
           py::arg("ids"), "Return blocks; ValueError (nothing freed) for unknown, repeated or already free ids.")
       .def(
           "write",
-          [](BlockPool& pool, const std::vector<std::int64_t>& ids, py::handle buffer) {
+          [](BlockPool& pool, py::handle ids, py::handle buffer) {
             Region src(buffer, false, false, "buffer");
-            const auto blocks = checked_ids(ids);
+            const auto blocks = checked_ids(ids, "ids");
             py::gil_scoped_release release;
             pool.write(blocks, src.ptr(), src.nbytes());
           },
@@ -250,28 +263,29 @@ whatever is written there next).)doc")
           "The buffer must need exactly len(ids) blocks.")
       .def(
           "read",
-          [](BlockPool& pool, const std::vector<std::int64_t>& ids, py::handle out) {
+          [](BlockPool& pool, py::handle ids, py::handle out) {
             Region dst(out, true, false, "out");
-            const auto blocks = checked_ids(ids);
+            const auto blocks = checked_ids(ids, "ids");
             py::gil_scoped_release release;
             pool.read(blocks, dst.ptr(), dst.nbytes());
           },
           py::arg("ids"), py::arg("out"), "Copy the blocks, in order, into a writable contiguous buffer of the same size.")
       .def(
           "view",
-          [](py::object self, std::int64_t id) {
+          [](py::object self, py::handle id) {
             auto& pool = self.cast<BlockPool&>();
-            auto* ptr = pool.data(id);
+            auto* ptr = pool.data(to_int64(id, "id"));
             // base=self keeps the pool (and so the memory) alive while the view exists.
             return py::array_t<std::uint8_t>({static_cast<py::ssize_t>(pool.block_bytes())}, {1}, ptr, self);
           },
           py::arg("id"), "Zero-copy writable uint8 numpy view of one allocated block.")
       .def(
-          "address", [](BlockPool& pool, std::int64_t id) { return reinterpret_cast<std::uintptr_t>(pool.data(id)); },
+          "address", [](BlockPool& pool, py::handle id) { return reinterpret_cast<std::uintptr_t>(pool.data(to_int64(id, "id"))); },
           py::arg("id"), "Address of an allocated block (for TransferEngine.submit).")
-      .def("is_allocated", &BlockPool::is_allocated, py::arg("id"))
+      .def("is_allocated", [](const BlockPool& pool, py::handle id) { return pool.is_allocated(to_int64(id, "id")); },
+           py::arg("id"))
       .def(
-          "blocks_for", [](const BlockPool& pool, std::int64_t nbytes) { return pool.blocks_for(non_negative(nbytes, "nbytes")); },
+          "blocks_for", [](const BlockPool& pool, py::handle nbytes) { return pool.blocks_for(non_negative(nbytes, "nbytes")); },
           py::arg("nbytes"), "Blocks needed to hold nbytes.")
       .def_property_readonly("block_bytes", &BlockPool::block_bytes)
       .def_property_readonly("num_blocks", &BlockPool::num_blocks)
@@ -307,7 +321,7 @@ submit(copies) takes (dst, src, nbytes) tuples; dst/src are numpy arrays, bytes-
 objects, torch tensors (kept alive until the ticket completes) or raw int addresses
 (trusted: the caller keeps that memory alive). Tickets are 1, 2, ...; poll/wait on a
 number never issued raises ValueError.)doc")
-      .def(py::init<int, const std::string&>(), py::arg("threads") = 2, py::arg("backend") = "auto")
+      .def(py::init<py::handle, py::handle>(), py::arg("threads") = 2, py::arg("backend") = "auto")
       .def("submit", &PyTransferEngine::submit, py::arg("copies"))
       .def("poll", &PyTransferEngine::poll, py::arg("ticket"))
       .def("wait", &PyTransferEngine::wait, py::arg("ticket"))

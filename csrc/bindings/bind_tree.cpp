@@ -1,6 +1,7 @@
 // Bindings for CostProfile and KnowledgeTree. The core validates every
-// argument before mutating; the bindings convert types (tiers travel as
-// strings) and release the GIL around the work.
+// argument before mutating; the bindings convert types with errors naming the
+// argument (convert.h; tiers travel as strings) and release the GIL around
+// the work.
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
@@ -10,6 +11,7 @@
 #include <string>
 #include <vector>
 
+#include "convert.h"
 #include "hyperrag/cost_profile.h"
 #include "hyperrag/errors.h"
 #include "hyperrag/knowledge_tree.h"
@@ -17,6 +19,7 @@
 
 namespace py = pybind11;
 using namespace hyperrag;
+using namespace hyperrag::bindings;
 
 namespace {
 
@@ -29,10 +32,20 @@ py::list tier_list(const std::vector<Tier>& tiers) {
 }
 
 template <class T>
-py::dict per_tier(const std::vector<T>& values) {
+py::dict per_tier(const TreeStats& s, const std::vector<T>& values) {
   py::dict out;
-  for (std::size_t t = 0; t < values.size(); ++t) out[tier_name(static_cast<Tier>(t))] = values[t];
+  for (std::size_t t = 0; t < values.size(); ++t) out[tier_name(s.tiers[t])] = values[t];
   return out;
+}
+
+Tier tier_arg(py::handle obj, const char* op) {
+  const std::string field = std::string(op) + ": tier";
+  return parse_tier(to_string(obj, field), field.c_str());
+}
+
+std::optional<std::vector<std::int64_t>> optional_int64s(py::handle obj, const std::string& field) {
+  if (obj.is_none()) return std::nullopt;
+  return to_int64s(obj, field);
 }
 
 std::string repr_eviction(const Eviction& e) {
@@ -55,10 +68,28 @@ void bind_tree(py::module_& m) {
   py::class_<CostProfile>(m, "CostProfile",
                           "Prefill seconds T(cached_tokens, new_tokens) on a grid; bilinear inside, clamped at the\n"
                           "edges except linear extrapolation above the new_tokens grid. Immutable, thread-safe.")
-      .def(py::init<std::vector<double>, std::vector<double>, std::vector<std::vector<double>>>(),
+      .def(py::init([](py::handle cached, py::handle fresh, py::handle seconds) {
+             std::vector<std::vector<double>> table;
+             py::sequence rows = to_sequence(seconds, "CostProfile: seconds", "rows of numbers");
+             for (std::size_t i = 0; i < rows.size(); ++i)
+               table.push_back(to_doubles(rows[i], "CostProfile: seconds[" + std::to_string(i) + "]"));
+             return CostProfile(to_doubles(cached, "CostProfile: cached_tokens"),
+                                to_doubles(fresh, "CostProfile: new_tokens"), std::move(table));
+           }),
            py::arg("cached_tokens"), py::arg("new_tokens"), py::arg("seconds"))
-      .def("seconds", &CostProfile::seconds, py::arg("cached_tokens"), py::arg("new_tokens"))
-      .def("cost_per_token", &CostProfile::cost_per_token, py::arg("cached_tokens"), py::arg("new_tokens"))
+      .def(
+          "seconds",
+          [](const CostProfile& p, py::handle cached, py::handle fresh) {
+            return p.seconds(to_double(cached, "seconds: cached_tokens"), to_double(fresh, "seconds: new_tokens"));
+          },
+          py::arg("cached_tokens"), py::arg("new_tokens"))
+      .def(
+          "cost_per_token",
+          [](const CostProfile& p, py::handle cached, py::handle fresh) {
+            return p.cost_per_token(to_double(cached, "cost_per_token: cached_tokens"),
+                                    to_double(fresh, "cost_per_token: new_tokens"));
+          },
+          py::arg("cached_tokens"), py::arg("new_tokens"))
       .def_property_readonly("cached_tokens", &CostProfile::cached_grid)
       .def_property_readonly("new_tokens", &CostProfile::new_grid)
       .def_property_readonly("table", &CostProfile::table)
@@ -120,6 +151,16 @@ void bind_tree(py::module_& m) {
                std::to_string(r.node_ids.size()) + " nodes, " + std::to_string(r.evictions.size()) + " evictions)";
       });
 
+  py::class_<RemoveResult>(m, "RemoveResult",
+                           "remove_document(): the dropped copies, and how many of the document's nodes stayed\n"
+                           "because they or a node below them are locked.")
+      .def_readonly("evictions", &RemoveResult::evictions)
+      .def_readonly("kept_locked", &RemoveResult::kept_locked)
+      .def("__repr__", [](const RemoveResult& r) {
+        return "RemoveResult(" + std::to_string(r.evictions.size()) + " evictions, kept_locked=" +
+               std::to_string(r.kept_locked) + ")";
+      });
+
   py::class_<NodeInfo>(m, "NodeInfo", "A snapshot of one node; priority is the one in its fastest tier.")
       .def_readonly("node_id", &NodeInfo::node_id)
       .def_readonly("doc_id", &NodeInfo::doc_id)
@@ -144,10 +185,12 @@ void bind_tree(py::module_& m) {
 
   py::class_<TreeStats>(m, "TreeStats", "Counters and per-tier dicts (used_bytes, capacity_bytes, evictions, clock).")
       .def_readonly("num_nodes", &TreeStats::num_nodes)
-      .def_property_readonly("used_bytes", [](const TreeStats& s) { return per_tier(s.used_bytes); })
-      .def_property_readonly("capacity_bytes", [](const TreeStats& s) { return per_tier(s.capacity_bytes); })
-      .def_property_readonly("evictions", [](const TreeStats& s) { return per_tier(s.evictions); })
-      .def_property_readonly("clock", [](const TreeStats& s) { return per_tier(s.clock); })
+      .def_readonly("interned_names", &TreeStats::interned_names,
+                    "Document and namespace names held (released with their last node).")
+      .def_property_readonly("used_bytes", [](const TreeStats& s) { return per_tier(s, s.used_bytes); })
+      .def_property_readonly("capacity_bytes", [](const TreeStats& s) { return per_tier(s, s.capacity_bytes); })
+      .def_property_readonly("evictions", [](const TreeStats& s) { return per_tier(s, s.evictions); })
+      .def_property_readonly("clock", [](const TreeStats& s) { return per_tier(s, s.clock); })
       .def_readonly("lookups", &TreeStats::lookups)
       .def_readonly("hits", &TreeStats::hits)
       .def_readonly("hit_tokens", &TreeStats::hit_tokens)
@@ -157,91 +200,181 @@ void bind_tree(py::module_& m) {
                ", hits=" + std::to_string(s.hits) + ")";
       });
 
-  auto tier_of = [](const std::string& name) { return parse_tier(name, "tier"); };
-
   py::class_<KnowledgeTree>(m, "KnowledgeTree",
                             "Prefix tree of document KV metadata; one node per document after the exact documents\n"
-                            "above it. capacities: bytes per tier (a prefix of gpu, host, remote); policy: pgdsf\n"
+                            "above it. capacities: bytes per tier (any of gpu, host, remote); policy: pgdsf\n"
                             "(needs profile), gdsf, lru or lfu. Methods are atomic and thread-safe; see docs/cache_api.md.")
-      .def(py::init<const std::map<std::string, std::int64_t>&, const std::string&, std::optional<CostProfile>>(),
+      .def(py::init([](py::handle capacities, py::handle policy, py::handle profile) {
+             if (!py::isinstance<py::dict>(capacities)) {
+               bad_type("KnowledgeTree: capacities", "a dict of tier name -> bytes", capacities);
+             }
+             std::map<std::string, std::int64_t> caps;
+             for (auto item : capacities.cast<py::dict>()) {
+               const std::string name = to_string(item.first, "KnowledgeTree: capacities key");
+               caps[name] = to_int64(item.second, "KnowledgeTree: capacities['" + name + "']");
+             }
+             std::optional<CostProfile> prof;
+             if (!profile.is_none()) {
+               if (!py::isinstance<CostProfile>(profile)) bad_type("KnowledgeTree: profile", "a CostProfile or None", profile);
+               prof = profile.cast<CostProfile>();
+             }
+             return std::make_unique<KnowledgeTree>(caps, to_string(policy, "KnowledgeTree: policy"), prof);
+           }),
            py::arg("capacities"), py::arg("policy") = "pgdsf", py::arg("profile") = py::none())
-      .def("match", &KnowledgeTree::match, py::arg("namespace"), py::arg("doc_ids"),
-           py::arg("doc_tokens") = py::none(), Release(),
-           "Longest cached prefix of doc_ids; counts one lookup (doc_tokens adds to lookup_tokens).")
+      .def(
+          "match",
+          [](KnowledgeTree& t, py::handle ns, py::handle docs, py::handle tokens, py::handle lock) {
+            auto n = to_string(ns, "match: namespace");
+            auto d = to_strings(docs, "match: doc_ids");
+            auto k = optional_int64s(tokens, "match: doc_tokens");
+            const bool l = to_bool(lock, "match: lock");
+            py::gil_scoped_release release;
+            return t.match(n, d, k, l);
+          },
+          py::arg("namespace"), py::arg("doc_ids"), py::arg("doc_tokens") = py::none(), py::arg("lock") = false,
+          "Longest cached prefix of doc_ids; counts one lookup (doc_tokens adds to lookup_tokens).\n"
+          "lock=True locks the matched nodes in the same call (none can be evicted in between).")
+      .def(
+          "peek",
+          [](const KnowledgeTree& t, py::handle ns, py::handle docs) {
+            auto n = to_string(ns, "peek: namespace");
+            auto d = to_strings(docs, "peek: doc_ids");
+            py::gil_scoped_release release;
+            return t.peek(n, d);
+          },
+          py::arg("namespace"), py::arg("doc_ids"), "The longest cached prefix, recording nothing (no lookup counted).")
       .def(
           "insert",
-          [tier_of](KnowledgeTree& t, const std::string& ns, const std::vector<std::string>& docs,
-                    const std::vector<std::int64_t>& tokens, const std::vector<std::int64_t>& bytes,
-                    const std::string& tier) {
-            const Tier parsed = tier_of(tier);
+          [](KnowledgeTree& t, py::handle ns, py::handle docs, py::handle tokens, py::handle bytes, py::handle tier,
+             py::handle lock) {
+            auto n = to_string(ns, "insert: namespace");
+            auto d = to_strings(docs, "insert: doc_ids");
+            auto k = to_int64s(tokens, "insert: doc_tokens");
+            auto b = to_int64s(bytes, "insert: doc_bytes");
+            const Tier parsed = tier_arg(tier, "insert");
+            const bool l = to_bool(lock, "insert: lock");
             py::gil_scoped_release release;
-            return t.insert(ns, docs, tokens, bytes, parsed);
+            return t.insert(n, d, k, b, parsed, l);
           },
           py::arg("namespace"), py::arg("doc_ids"), py::arg("doc_tokens"), py::arg("doc_bytes"),
-          py::arg("tier") = "gpu",
+          py::arg("tier") = "gpu", py::arg("lock") = false,
           "Add the missing documents of the path to tier, evicting by policy; reused prefix nodes must\n"
           "match in size, and those only in a slower tier are promoted into tier in the same transaction.\n"
-          "CapacityError (tree unchanged) if locks leave no room.")
+          "CapacityError (tree unchanged) if locks leave no room, at once if it can never fit.\n"
+          "lock=True locks the whole path in the same call.")
       .def(
           "access",
-          [tier_of](KnowledgeTree& t, const std::string& ns, const std::vector<std::string>& docs,
-                    const std::vector<std::int64_t>& tokens, const std::vector<std::int64_t>& bytes,
-                    const std::string& tier, bool lock) {
-            const Tier parsed = tier_of(tier);
+          [](KnowledgeTree& t, py::handle ns, py::handle docs, py::handle tokens, py::handle bytes, py::handle tier,
+             py::handle lock) {
+            auto n = to_string(ns, "access: namespace");
+            auto d = to_strings(docs, "access: doc_ids");
+            auto k = to_int64s(tokens, "access: doc_tokens");
+            auto b = to_int64s(bytes, "access: doc_bytes");
+            const Tier parsed = tier_arg(tier, "access");
+            const bool l = to_bool(lock, "access: lock");
             py::gil_scoped_release release;
-            return t.access(ns, docs, tokens, bytes, parsed, lock);
+            return t.access(n, d, k, b, parsed, l);
           },
           py::arg("namespace"), py::arg("doc_ids"), py::arg("doc_tokens"), py::arg("doc_bytes"),
           py::arg("tier") = "gpu", py::arg("lock") = false,
           "One request atomically: match, protect hits, promote slow hits, insert the rest, touch hits,\n"
           "record the new documents' compute, then keep the path locked if lock=True.")
-      .def("lock", &KnowledgeTree::lock, py::arg("node_ids"), Release(),
-           "Reference-count locks; a locked node and its ancestors are never evicted.")
-      .def("unlock", &KnowledgeTree::unlock, py::arg("node_ids"), Release(),
-           "Release locks; ValueError (nothing changed) if a node is unlocked more often than locked.")
-      .def("touch", &KnowledgeTree::touch, py::arg("node_ids"), Release(), "A hit: frequency += 1, priority refreshed.")
-      .def("record_compute", &KnowledgeTree::record_compute, py::arg("node_ids"), py::arg("cached_tokens"),
-           py::arg("new_tokens"), Release(),
-           "These nodes were computed by a request with cached_tokens cached that prefilled new_tokens:\n"
-           "add the sample T(cached, new) / new and frequency += 1.")
+      .def(
+          "lock",
+          [](KnowledgeTree& t, py::handle ids) {
+            auto v = to_uint64s(ids, "lock: node_ids");
+            py::gil_scoped_release release;
+            t.lock(v);
+          },
+          py::arg("node_ids"), "Reference-count locks; a locked node and its ancestors are never evicted.")
+      .def(
+          "unlock",
+          [](KnowledgeTree& t, py::handle ids) {
+            auto v = to_uint64s(ids, "unlock: node_ids");
+            py::gil_scoped_release release;
+            t.unlock(v);
+          },
+          py::arg("node_ids"), "Release locks; ValueError (nothing changed) if a node is unlocked more often than locked.")
+      .def(
+          "touch",
+          [](KnowledgeTree& t, py::handle ids) {
+            auto v = to_uint64s(ids, "touch: node_ids");
+            py::gil_scoped_release release;
+            t.touch(v);
+          },
+          py::arg("node_ids"), "A hit: frequency += 1, priority refreshed.")
+      .def(
+          "record_compute",
+          [](KnowledgeTree& t, py::handle ids, py::handle cached, py::handle fresh) {
+            auto v = to_uint64s(ids, "record_compute: node_ids");
+            const auto c = to_int64(cached, "record_compute: cached_tokens");
+            const auto n = to_int64(fresh, "record_compute: new_tokens");
+            py::gil_scoped_release release;
+            t.record_compute(v, c, n);
+          },
+          py::arg("node_ids"), py::arg("cached_tokens"), py::arg("new_tokens"),
+          "These nodes were computed by a request with cached_tokens cached that prefilled new_tokens:\n"
+          "add the sample T(cached, new) / new and frequency += 1.")
       .def(
           "evict",
-          [tier_of](KnowledgeTree& t, const std::string& tier, std::int64_t nbytes) {
-            const Tier parsed = tier_of(tier);
+          [](KnowledgeTree& t, py::handle tier, py::handle nbytes) {
+            const Tier parsed = tier_arg(tier, "evict");
+            const auto n = to_int64(nbytes, "evict: nbytes");
             py::gil_scoped_release release;
-            return t.evict(parsed, nbytes);
+            return t.evict(parsed, n);
           },
           py::arg("tier"), py::arg("nbytes"), "Free at least nbytes of tier in policy order.")
       .def(
           "promote",
-          [tier_of](KnowledgeTree& t, const std::vector<NodeId>& ids, const std::string& tier) {
-            const Tier parsed = tier_of(tier);
+          [](KnowledgeTree& t, py::handle ids, py::handle tier) {
+            auto v = to_uint64s(ids, "promote: node_ids");
+            const Tier parsed = tier_arg(tier, "promote");
             py::gil_scoped_release release;
-            return t.promote(ids, parsed);
+            return t.promote(v, parsed);
           },
           py::arg("node_ids"), py::arg("tier") = "gpu",
           "Make the nodes resident in tier, keeping slower copies; list ancestors before descendants.")
-      .def("remove", &KnowledgeTree::remove, py::arg("node_id"), Release(),
-           "Drop an unlocked node and its subtree; one Eviction(to_tier=None) per dropped copy.")
+      .def(
+          "remove",
+          [](KnowledgeTree& t, py::handle id) {
+            const auto v = to_uint64(id, "remove: node_id");
+            py::gil_scoped_release release;
+            return t.remove(v);
+          },
+          py::arg("node_id"), "Drop an unlocked node and its subtree; one Eviction(to_tier=None) per dropped copy.")
+      .def(
+          "remove_document",
+          [](KnowledgeTree& t, py::handle doc) {
+            auto d = to_string(doc, "remove_document: doc_id");
+            py::gil_scoped_release release;
+            return t.remove_document(d);
+          },
+          py::arg("doc_id"),
+          "Drop every node of this document (any namespace, any depth) with its subtree, except locked\n"
+          "ones (counted in kept_locked): its content changed, so its KV must never be served again.")
       .def(
           "set_capacity",
-          [tier_of](KnowledgeTree& t, const std::string& tier, std::int64_t nbytes) {
-            const Tier parsed = tier_of(tier);
+          [](KnowledgeTree& t, py::handle tier, py::handle nbytes) {
+            const Tier parsed = tier_arg(tier, "set_capacity");
+            const auto n = to_int64(nbytes, "set_capacity: nbytes");
             py::gil_scoped_release release;
-            return t.set_capacity(parsed, nbytes);
+            return t.set_capacity(parsed, n);
           },
           py::arg("tier"), py::arg("nbytes"), "Change a tier's capacity, evicting down to it.")
-      .def("node", &KnowledgeTree::node, py::arg("node_id"), Release())
+      .def(
+          "node",
+          [](const KnowledgeTree& t, py::handle id) {
+            const auto v = to_uint64(id, "node: node_id");
+            py::gil_scoped_release release;
+            return t.node(v);
+          },
+          py::arg("node_id"))
       .def("node_ids", &KnowledgeTree::node_ids, Release())
       .def("stats", &KnowledgeTree::stats, Release())
       .def("check_invariants", &KnowledgeTree::check_invariants, Release(),
            "Recompute bytes, child counts, pins and heap entries; a description of each mismatch.")
       .def_property_readonly("policy", &KnowledgeTree::policy_name)
-      .def_property_readonly("tiers", [](const KnowledgeTree& t) {
-        py::list out;
-        for (int i = 0; i < t.num_tiers(); ++i) out.append(tier_name(static_cast<Tier>(i)));
-        return out;
-      })
+      .def_property_readonly("tiers", [](const KnowledgeTree& t) { return tier_list(t.tiers()); })
       .def("__repr__", [](const KnowledgeTree& t) {
         return std::string("KnowledgeTree(policy='") + t.policy_name() + "', " + std::to_string(t.num_tiers()) +
                " tiers)";

@@ -1,6 +1,7 @@
 #include "hyperrag/knowledge_tree.h"
 
 #include <algorithm>
+#include <limits>
 #include <stdexcept>
 #include <unordered_set>
 
@@ -11,6 +12,14 @@ namespace {
 
 std::string quoted(const std::string& s) { return "'" + s + "'"; }
 
+// Token sums for statistics saturate instead of overflowing. Byte sums that
+// decide whether something fits are exact (Wide) and checked against the
+// capacity before any int64 arithmetic on them.
+std::int64_t sat_add(std::int64_t a, std::int64_t b) {
+  return b > std::numeric_limits<std::int64_t>::max() - a ? std::numeric_limits<std::int64_t>::max() : a + b;
+}
+using Wide = __int128;
+
 }  // namespace
 
 // ---------------------------------------------------------------- construction
@@ -18,7 +27,7 @@ std::string quoted(const std::string& s) { return "'" + s + "'"; }
 KnowledgeTree::KnowledgeTree(const std::map<std::string, std::int64_t>& capacities,
                              const std::string& policy, std::optional<CostProfile> profile) {
   if (capacities.empty()) {
-    throw std::invalid_argument("capacities: must not be empty (tiers: a prefix of gpu, host, remote)");
+    throw std::invalid_argument("capacities: must not be empty (tiers: any of gpu, host, remote)");
   }
   for (const auto& [name, bytes] : capacities) {
     parse_tier(name, "capacities");
@@ -27,15 +36,14 @@ KnowledgeTree::KnowledgeTree(const std::map<std::string, std::int64_t>& capaciti
                                   std::to_string(bytes) + ")");
     }
   }
-  num_tiers_ = static_cast<int>(capacities.size());
-  for (int t = 0; t < num_tiers_; ++t) {
+  tier_level_.fill(-1);
+  for (int t = 0; t < kMaxTiers; ++t) {
     auto it = capacities.find(tier_name(static_cast<Tier>(t)));
-    if (it == capacities.end()) {
-      throw std::invalid_argument(
-          "capacities: tiers must be a prefix of gpu, host, remote (e.g. {gpu} or {gpu, host}); missing " +
-          quoted(tier_name(static_cast<Tier>(t))));
-    }
-    capacity_[t] = it->second;
+    if (it == capacities.end()) continue;
+    level_tier_[num_tiers_] = static_cast<Tier>(t);
+    tier_level_[t] = num_tiers_;
+    capacity_[num_tiers_] = it->second;
+    ++num_tiers_;
   }
   if (profile) profile_ = std::make_shared<const CostProfile>(std::move(*profile));
   policy_ = make_policy(policy, profile_);
@@ -81,12 +89,27 @@ void KnowledgeTree::validate_sizes(const char* op, const char* field, std::size_
   }
 }
 
-void KnowledgeTree::check_tier(Tier t, const char* op) const {
-  if (static_cast<int>(t) < num_tiers_) return;
+std::string KnowledgeTree::configured_names() const {
   std::string have;
-  for (int i = 0; i < num_tiers_; ++i) have += (i ? ", " : "") + std::string(tier_name(static_cast<Tier>(i)));
+  for (int i = 0; i < num_tiers_; ++i) have += (i ? ", " : "") + std::string(level_name(i));
+  return have;
+}
+
+int KnowledgeTree::level_of(Tier t, const char* op) const {
+  const int level = tier_level_[static_cast<int>(t)];
+  if (level >= 0) return level;
   throw std::invalid_argument(std::string(op) + ": tier " + quoted(tier_name(t)) +
-                              " is not configured (this tree has: " + have + ")");
+                              " is not configured (this tree has: " + configured_names() + ")");
+}
+
+void KnowledgeTree::check_fits(const char* op, int t, __int128 need) const {
+  if (need <= capacity_[t]) return;
+  const std::string amount = need > std::numeric_limits<std::int64_t>::max()
+                                 ? "more than " + std::to_string(std::numeric_limits<std::int64_t>::max())
+                                 : std::to_string(static_cast<std::int64_t>(need));
+  throw CapacityError(std::string(op) + ": needs " + amount + " bytes in tier " +
+                      quoted(level_name(t)) + " but its capacity is " + std::to_string(capacity_[t]) +
+                      " bytes: a document larger than its tier can never be cached there");
 }
 
 void KnowledgeTree::validate_request(const char* op, const std::string& ns, const std::vector<std::string>& docs,
@@ -100,8 +123,7 @@ void KnowledgeTree::validate_request(const char* op, const std::string& ns, cons
 std::vector<std::uint32_t> KnowledgeTree::checked_prefix(const char* op, const std::string& ns,
                                                          const std::vector<std::string>& docs,
                                                          const std::vector<std::int64_t>& tokens,
-                                                         const std::vector<std::int64_t>& bytes, Tier tier) const {
-  check_tier(tier, op);
+                                                         const std::vector<std::int64_t>& bytes) const {
   std::vector<std::uint32_t> prefix = walk(ns, docs);
   check_prefix_sizes(op, prefix, tokens, bytes);
   return prefix;
@@ -113,7 +135,7 @@ void KnowledgeTree::check_prefix_sizes(const char* op, const std::vector<std::ui
   for (std::size_t i = 0; i < prefix.size(); ++i) {
     const Node& n = nodes_[prefix[i]];
     if (n.tokens != tokens[i] || n.nbytes != bytes[i]) {
-      throw std::invalid_argument(std::string(op) + ": document " + quoted(doc_names_[n.doc]) + " is cached with " +
+      throw std::invalid_argument(std::string(op) + ": document " + quoted(docs_[n.doc].name) + " is cached with " +
                                   std::to_string(n.tokens) + " tokens / " + std::to_string(n.nbytes) +
                                   " bytes but doc_tokens[" + std::to_string(i) + "]=" + std::to_string(tokens[i]) +
                                   ", doc_bytes[" + std::to_string(i) + "]=" + std::to_string(bytes[i]));
@@ -151,14 +173,26 @@ std::uint32_t KnowledgeTree::find_child(std::uint32_t parent, const std::string&
 std::vector<std::uint32_t> KnowledgeTree::walk(const std::string& ns, const std::vector<std::string>& docs) const {
   std::vector<std::uint32_t> path;
   auto it = ns_index_.find(ns);
-  if (it == ns_index_.end() || roots_[it->second] == kNil) return path;
-  std::uint32_t cur = roots_[it->second];
+  if (it == ns_index_.end()) return path;
+  std::uint32_t cur = namespaces_[it->second].root;
   for (const std::string& doc : docs) {
     cur = find_child(cur, doc);
     if (cur == kNil) break;
     path.push_back(cur);
   }
   return path;
+}
+
+MatchResult KnowledgeTree::describe(const std::vector<std::uint32_t>& path) const {
+  MatchResult r;
+  for (std::uint32_t s : path) {
+    r.node_ids.push_back(id_of(s));
+    r.tiers.push_back(tier_at(fastest(nodes_[s])));
+    r.tokens.push_back(nodes_[s].tokens);
+    r.matched_tokens += nodes_[s].tokens;
+  }
+  r.matched_docs = static_cast<std::int64_t>(path.size());
+  return r;
 }
 
 // ------------------------------------------------------- per-node bookkeeping
@@ -266,10 +300,10 @@ bool KnowledgeTree::evict_one(std::uint32_t s, int t, std::vector<Eviction>& evs
       add_resident(s, next);
     }
     remove_resident(s, t);
-    evs.push_back(Eviction{id, static_cast<Tier>(t), static_cast<Tier>(next), copied, nbytes});
+    evs.push_back(Eviction{id, tier_at(t), tier_at(next), copied, nbytes});
   } else {
     remove_resident(s, t);
-    evs.push_back(Eviction{id, static_cast<Tier>(t), std::nullopt, false, nbytes});
+    evs.push_back(Eviction{id, tier_at(t), std::nullopt, false, nbytes});
   }
   return true;
 }
@@ -279,7 +313,7 @@ bool KnowledgeTree::evict_one(std::uint32_t s, int t, std::vector<Eviction>& evs
 // resident there as an access. false when room cannot be made.
 bool KnowledgeTree::promote_into(const std::vector<std::uint32_t>& order, int t, std::vector<Eviction>& evs) {
   if (order.empty()) return true;
-  std::int64_t need = 0;
+  std::int64_t need = 0;  // callers checked that the total fits the tier
   for (std::uint32_t s : order) need += nodes_[s].nbytes;
   if (!make_room(t, need, evs)) return false;
   for (std::uint32_t s : order) {
@@ -323,30 +357,46 @@ void KnowledgeTree::rollback() {
 void KnowledgeTree::throw_capacity(const char* op) const {
   const int t = fail_tier_;
   throw CapacityError(std::string(op) + ": cannot make room for " + std::to_string(fail_need_) + " bytes in tier " +
-                      quoted(tier_name(static_cast<Tier>(t))) + " (capacity " + std::to_string(capacity_[t]) +
+                      quoted(level_name(t)) + " (capacity " + std::to_string(capacity_[t]) +
                       " bytes, " + std::to_string(used_[t]) +
                       " in use): what is left there is locked or an ancestor of a locked node");
 }
 
 // ------------------------------------------------------------ node lifecycle
 
-std::uint32_t KnowledgeTree::intern(std::unordered_map<std::string, std::uint32_t>& index,
-                                    std::vector<std::string>& names, const std::string& s) {
-  auto [it, inserted] = index.emplace(s, static_cast<std::uint32_t>(names.size()));
-  if (inserted) names.push_back(s);
-  return it->second;
+std::uint32_t KnowledgeTree::intern_doc(const std::string& name) {
+  auto it = doc_index_.find(name);
+  if (it != doc_index_.end()) return it->second;
+  std::uint32_t id;
+  if (!free_docs_.empty()) {
+    id = free_docs_.back();
+    free_docs_.pop_back();
+  } else {
+    id = static_cast<std::uint32_t>(docs_.size());
+    docs_.emplace_back();
+  }
+  docs_[id] = DocName{name, kNil, 0};
+  doc_index_.emplace(name, id);
+  return id;
 }
 
 std::uint32_t KnowledgeTree::root_for(const std::string& ns) {
-  const std::uint32_t id = intern(ns_index_, ns_names_, ns);
-  if (roots_.size() <= id) roots_.resize(id + 1, kNil);
-  if (roots_[id] == kNil) {
-    const std::uint32_t s = new_node(kNil, 0, 0, 0);
-    nodes_[s].root = true;
-    nodes_[s].ns = id;
-    roots_[id] = s;
+  auto it = ns_index_.find(ns);
+  if (it != ns_index_.end()) return namespaces_[it->second].root;
+  std::uint32_t id;
+  if (!free_namespaces_.empty()) {
+    id = free_namespaces_.back();
+    free_namespaces_.pop_back();
+  } else {
+    id = static_cast<std::uint32_t>(namespaces_.size());
+    namespaces_.emplace_back();
   }
-  return roots_[id];
+  const std::uint32_t s = new_node(kNil, 0, 0, 0);
+  nodes_[s].root = true;
+  nodes_[s].ns = id;
+  namespaces_[id] = NsName{ns, s};
+  ns_index_.emplace(ns, id);
+  return s;
 }
 
 std::uint32_t KnowledgeTree::new_node(std::uint32_t parent, std::uint32_t doc, std::int64_t tokens,
@@ -373,23 +423,51 @@ std::uint32_t KnowledgeTree::new_node(std::uint32_t parent, std::uint32_t doc, s
     if (p.first_child != kNil) nodes_[p.first_child].prev_sibling = s;
     p.first_child = s;
     children_.emplace(child_key(parent, doc), s);
+    DocName& d = docs_[doc];
+    n.next_same_doc = d.first_node;
+    if (d.first_node != kNil) nodes_[d.first_node].prev_same_doc = s;
+    d.first_node = s;
+    ++d.nodes;
     ++num_nodes_;
   }
   return s;
 }
 
+// Unlinks a document node; releases its document name with its last node and
+// its namespace with the namespace's last document.
 void KnowledgeTree::delete_node(std::uint32_t s) {
-  Node& n = nodes_[s];
+  const Node n = nodes_[s];
   if (n.prev_sibling != kNil) nodes_[n.prev_sibling].next_sibling = n.next_sibling;
   else nodes_[n.parent].first_child = n.next_sibling;
   if (n.next_sibling != kNil) nodes_[n.next_sibling].prev_sibling = n.prev_sibling;
   children_.erase(child_key(n.parent, n.doc));
+  DocName& d = docs_[n.doc];
+  if (n.prev_same_doc != kNil) nodes_[n.prev_same_doc].next_same_doc = n.next_same_doc;
+  else d.first_node = n.next_same_doc;
+  if (n.next_same_doc != kNil) nodes_[n.next_same_doc].prev_same_doc = n.prev_same_doc;
+  if (--d.nodes == 0) {
+    doc_index_.erase(d.name);
+    d = DocName{};
+    free_docs_.push_back(n.doc);
+  }
   for (int t = 0; t < num_tiers_; ++t) heaps_[t].erase(s);
-  const std::uint32_t gen = n.gen + 1;
-  n = Node{};
-  n.gen = gen;
-  free_slots_.push_back(s);
+  release_slot(s);
   --num_nodes_;
+  const Node& root = nodes_[n.parent];
+  if (root.root && root.first_child == kNil) {
+    NsName& name = namespaces_[root.ns];
+    ns_index_.erase(name.name);
+    name = NsName{};
+    free_namespaces_.push_back(root.ns);
+    release_slot(n.parent);
+  }
+}
+
+void KnowledgeTree::release_slot(std::uint32_t s) {
+  const std::uint32_t gen = nodes_[s].gen + 1;
+  nodes_[s] = Node{};
+  nodes_[s].gen = gen;
+  free_slots_.push_back(s);
 }
 
 std::vector<std::uint32_t> KnowledgeTree::create_path(const std::string& ns, const std::vector<std::string>& docs,
@@ -399,7 +477,7 @@ std::vector<std::uint32_t> KnowledgeTree::create_path(const std::string& ns, con
   std::uint32_t parent = prefix.empty() ? root_for(ns) : prefix.back();
   std::vector<std::uint32_t> created;
   for (std::size_t i = prefix.size(); i < docs.size(); ++i) {
-    const std::uint32_t doc = intern(doc_index_, doc_names_, docs[i]);
+    const std::uint32_t doc = intern_doc(docs[i]);
     const std::uint32_t s = new_node(parent, doc, tokens[i], bytes[i]);
     add_resident(s, t);
     refresh(s);
@@ -419,10 +497,16 @@ std::vector<std::uint32_t> KnowledgeTree::insert_path(const char* op, const std:
                                                       const std::vector<std::uint32_t>& prefix, int t,
                                                       InsertResult& r) {
   std::vector<std::uint32_t> slow;  // a suffix of the prefix: parents are never slower
-  for (std::uint32_t s : prefix)
-    if (fastest(nodes_[s]) > t) slow.push_back(s);
-  std::int64_t new_bytes = 0;
-  for (std::size_t i = prefix.size(); i < docs.size(); ++i) new_bytes += bytes[i];
+  Wide promoted_bytes = 0, wide_new = 0;
+  for (std::uint32_t s : prefix) {
+    if (fastest(nodes_[s]) > t) {
+      slow.push_back(s);
+      promoted_bytes += nodes_[s].nbytes;
+    }
+  }
+  for (std::size_t i = prefix.size(); i < docs.size(); ++i) wide_new += bytes[i];
+  check_fits(op, t, promoted_bytes + wide_new);
+  const auto new_bytes = static_cast<std::int64_t>(wide_new);  // <= capacity now
   std::vector<std::uint32_t> created;
   if (!slow.empty() || new_bytes > 0) {
     // The reused prefix must survive the room-making for itself and its new children.
@@ -440,8 +524,8 @@ std::vector<std::uint32_t> KnowledgeTree::insert_path(const char* op, const std:
   }
   for (std::uint32_t s : prefix) r.node_ids.push_back(id_of(s));
   for (std::uint32_t s : created) r.node_ids.push_back(id_of(s));
-  r.created.assign(docs.size(), false);
-  std::fill(r.created.begin() + static_cast<std::ptrdiff_t>(prefix.size()), r.created.end(), true);
+  r.created.assign(prefix.size(), false);
+  r.created.resize(prefix.size() + created.size(), true);
   return created;
 }
 
@@ -464,7 +548,9 @@ void KnowledgeTree::computed(const std::vector<std::uint32_t>& slots, std::int64
 
 void KnowledgeTree::record_lookup(const std::vector<std::uint32_t>& prefix, std::uint64_t lookup_tokens) {
   ++lookups_;
-  lookup_tokens_ += lookup_tokens;
+  lookup_tokens_ = lookup_tokens > std::numeric_limits<std::uint64_t>::max() - lookup_tokens_
+                       ? std::numeric_limits<std::uint64_t>::max()
+                       : lookup_tokens_ + lookup_tokens;
   if (prefix.empty()) return;
   ++hits_;
   for (std::uint32_t s : prefix) hit_tokens_ += static_cast<std::uint64_t>(nodes_[s].tokens);
@@ -473,35 +559,41 @@ void KnowledgeTree::record_lookup(const std::vector<std::uint32_t>& prefix, std:
 // ------------------------------------------------------------ public methods
 
 MatchResult KnowledgeTree::match(const std::string& ns, const std::vector<std::string>& doc_ids,
-                                 const std::optional<std::vector<std::int64_t>>& doc_tokens) {
+                                 const std::optional<std::vector<std::int64_t>>& doc_tokens, bool lock) {
   validate_docs("match", ns, doc_ids);
-  std::uint64_t lookup_tokens = 0;
+  std::int64_t lookup_tokens = 0;
   if (doc_tokens) {
     validate_sizes("match", "doc_tokens", doc_ids.size(), *doc_tokens);
-    for (std::int64_t v : *doc_tokens) lookup_tokens += static_cast<std::uint64_t>(v);
+    for (std::int64_t v : *doc_tokens) lookup_tokens = sat_add(lookup_tokens, v);
   }
   std::lock_guard<std::mutex> guard(mu_);
-  MatchResult r;
   const std::vector<std::uint32_t> path = walk(ns, doc_ids);
-  for (std::uint32_t s : path) {
-    r.node_ids.push_back(id_of(s));
-    r.tiers.push_back(static_cast<Tier>(fastest(nodes_[s])));
-    r.tokens.push_back(nodes_[s].tokens);
-    r.matched_tokens += nodes_[s].tokens;
-  }
-  r.matched_docs = static_cast<std::int64_t>(path.size());
-  record_lookup(path, lookup_tokens);
-  return r;
+  record_lookup(path, static_cast<std::uint64_t>(lookup_tokens));
+  if (lock)
+    for (std::uint32_t s : path) lock_slot(s);
+  return describe(path);
+}
+
+MatchResult KnowledgeTree::peek(const std::string& ns, const std::vector<std::string>& doc_ids) const {
+  validate_docs("peek", ns, doc_ids);
+  std::lock_guard<std::mutex> guard(mu_);
+  return describe(walk(ns, doc_ids));
 }
 
 InsertResult KnowledgeTree::insert(const std::string& ns, const std::vector<std::string>& doc_ids,
                                    const std::vector<std::int64_t>& doc_tokens,
-                                   const std::vector<std::int64_t>& doc_bytes, Tier tier) {
+                                   const std::vector<std::int64_t>& doc_bytes, Tier tier, bool lock) {
   validate_request("insert", ns, doc_ids, doc_tokens, doc_bytes);
   std::lock_guard<std::mutex> guard(mu_);
-  const std::vector<std::uint32_t> prefix = checked_prefix("insert", ns, doc_ids, doc_tokens, doc_bytes, tier);
+  const int t = level_of(tier, "insert");
+  const std::vector<std::uint32_t> prefix = checked_prefix("insert", ns, doc_ids, doc_tokens, doc_bytes);
   InsertResult r;
-  insert_path("insert", ns, doc_ids, doc_tokens, doc_bytes, prefix, static_cast<int>(tier), r);
+  const std::vector<std::uint32_t> created = insert_path("insert", ns, doc_ids, doc_tokens, doc_bytes, prefix, t, r);
+  if (lock) {
+    for (const auto* part : {&prefix, &created}) {
+      for (std::uint32_t s : *part) lock_slot(s);
+    }
+  }
   return r;
 }
 
@@ -526,7 +618,7 @@ void KnowledgeTree::unlock(const std::vector<NodeId>& ids) {
     const Node& n = nodes_[sorted[i]];
     if (n.lock_count < j - i) {
       throw std::invalid_argument(
-          "unlock: node " + std::to_string(id_of(sorted[i])) + " (document " + quoted(doc_names_[n.doc]) + ") " +
+          "unlock: node " + std::to_string(id_of(sorted[i])) + " (document " + quoted(docs_[n.doc].name) + ") " +
           (n.lock_count == 0 ? std::string("is not locked")
                              : "is locked " + std::to_string(n.lock_count) + " time(s) but unlocked " +
                                    std::to_string(j - i) + " times"));
@@ -562,8 +654,7 @@ void KnowledgeTree::record_compute(const std::vector<NodeId>& ids, std::int64_t 
 std::vector<Eviction> KnowledgeTree::evict(Tier tier, std::int64_t nbytes) {
   if (nbytes <= 0) throw std::invalid_argument("evict: nbytes must be > 0 (got " + std::to_string(nbytes) + ")");
   std::lock_guard<std::mutex> guard(mu_);
-  check_tier(tier, "evict");
-  const int t = static_cast<int>(tier);
+  const int t = level_of(tier, "evict");
   std::vector<Eviction> evs;
   begin();
   for (std::int64_t freed = 0; freed < nbytes;) {
@@ -586,24 +677,26 @@ std::vector<Eviction> KnowledgeTree::evict(Tier tier, std::int64_t nbytes) {
 
 std::vector<Eviction> KnowledgeTree::promote(const std::vector<NodeId>& ids, Tier tier) {
   std::lock_guard<std::mutex> guard(mu_);
-  check_tier(tier, "promote");
-  const int t = static_cast<int>(tier);
+  const int t = level_of(tier, "promote");
   std::vector<std::uint32_t> order;
   std::unordered_set<std::uint32_t> listed;
+  Wide need = 0;
   for (std::uint32_t s : resolve_all(ids, "promote")) {
     const Node& n = nodes_[s];
     if (fastest(n) <= t || !listed.insert(s).second) continue;
     const Node& p = nodes_[n.parent];
     if (!p.root && fastest(p) > t && !listed.count(n.parent)) {
       throw std::invalid_argument("promote: node " + std::to_string(id_of(s)) + " (document " +
-                                  quoted(doc_names_[n.doc]) + ") has its parent in " +
-                                  quoted(tier_name(static_cast<Tier>(fastest(p)))) + ", slower than " +
+                                  quoted(docs_[n.doc].name) + ") has its parent in " +
+                                  quoted(level_name(fastest(p))) + ", slower than " +
                                   quoted(tier_name(tier)) + ": list its ancestors before it");
     }
     order.push_back(s);
+    need += n.nbytes;
   }
   std::vector<Eviction> evs;
   if (order.empty()) return evs;
+  check_fits("promote", t, need);
   for (std::uint32_t s : order) pin_path(s, +1);
   begin();
   const bool ok = promote_into(order, t, evs);
@@ -619,9 +712,34 @@ std::vector<Eviction> KnowledgeTree::remove(NodeId id) {
   const std::uint32_t s = resolve(id, "remove");
   if (nodes_[s].pin_count != 0) {
     throw std::invalid_argument("remove: node " + std::to_string(id) + " (document " +
-                                quoted(doc_names_[nodes_[s].doc]) + ") or a node below it is locked");
+                                quoted(docs_[nodes_[s].doc].name) + ") or a node below it is locked");
   }
-  // Post-order (children before parents) so every drop is of a leaf.
+  std::vector<Eviction> evs;
+  remove_subtree(s, evs);
+  return evs;
+}
+
+RemoveResult KnowledgeTree::remove_document(const std::string& doc) {
+  if (doc.empty()) throw std::invalid_argument("remove_document: doc_id must be a non-empty string");
+  std::lock_guard<std::mutex> guard(mu_);
+  RemoveResult r;
+  auto it = doc_index_.find(doc);
+  if (it == doc_index_.end()) return r;
+  // A path holds a document once, so no node of it lies below another: each
+  // subtree removal leaves the others in place.
+  std::vector<std::uint32_t> slots;
+  for (std::uint32_t s = docs_[it->second].first_node; s != kNil; s = nodes_[s].next_same_doc) slots.push_back(s);
+  std::sort(slots.begin(), slots.end(), [&](std::uint32_t a, std::uint32_t b) { return id_of(a) < id_of(b); });
+  for (std::uint32_t s : slots) {
+    if (nodes_[s].pin_count != 0) ++r.kept_locked;
+    else remove_subtree(s, r.evictions);
+  }
+  return r;
+}
+
+// Drops an unpinned node and its subtree, children before parents so that
+// every drop is of a leaf; one event per dropped copy.
+void KnowledgeTree::remove_subtree(std::uint32_t s, std::vector<Eviction>& evs) {
   std::vector<std::uint32_t> order, stack{s};
   while (!stack.empty()) {
     const std::uint32_t x = stack.back();
@@ -629,16 +747,14 @@ std::vector<Eviction> KnowledgeTree::remove(NodeId id) {
     order.push_back(x);
     for (std::uint32_t c = nodes_[x].first_child; c != kNil; c = nodes_[c].next_sibling) stack.push_back(c);
   }
-  std::vector<Eviction> evs;
   for (auto it = order.rbegin(); it != order.rend(); ++it) {
     const NodeId xid = id_of(*it);
     for (int t = 0; t < num_tiers_; ++t) {
       if (!(nodes_[*it].resident >> t & 1u)) continue;
-      evs.push_back(Eviction{xid, static_cast<Tier>(t), std::nullopt, false, nodes_[*it].nbytes});
+      evs.push_back(Eviction{xid, tier_at(t), std::nullopt, false, nodes_[*it].nbytes});
       remove_resident(*it, t);
     }
   }
-  return evs;
 }
 
 std::vector<Eviction> KnowledgeTree::set_capacity(Tier tier, std::int64_t nbytes) {
@@ -646,8 +762,7 @@ std::vector<Eviction> KnowledgeTree::set_capacity(Tier tier, std::int64_t nbytes
     throw std::invalid_argument("set_capacity: nbytes must be > 0 (got " + std::to_string(nbytes) + ")");
   }
   std::lock_guard<std::mutex> guard(mu_);
-  check_tier(tier, "set_capacity");
-  const int t = static_cast<int>(tier);
+  const int t = level_of(tier, "set_capacity");
   const std::int64_t old = capacity_[t];
   capacity_[t] = nbytes;
   std::vector<Eviction> evs;
@@ -656,7 +771,7 @@ std::vector<Eviction> KnowledgeTree::set_capacity(Tier tier, std::int64_t nbytes
     rollback();
     // Report against the capacity the caller asked for, then restore it.
     const std::string msg = "set_capacity: the locked set needs more than " + std::to_string(nbytes) +
-                            " bytes in tier " + quoted(tier_name(static_cast<Tier>(fail_tier_)));
+                            " bytes in tier " + quoted(level_name(fail_tier_));
     capacity_[t] = old;
     throw CapacityError(msg + " (in use " + std::to_string(used_[fail_tier_]) +
                         " bytes; what is left after eviction is locked or an ancestor of a locked node)");
@@ -670,17 +785,18 @@ AccessResult KnowledgeTree::access(const std::string& ns, const std::vector<std:
                                    const std::vector<std::int64_t>& doc_bytes, Tier tier, bool lock) {
   validate_request("access", ns, doc_ids, doc_tokens, doc_bytes);
   std::lock_guard<std::mutex> guard(mu_);
-  const std::vector<std::uint32_t> prefix = checked_prefix("access", ns, doc_ids, doc_tokens, doc_bytes, tier);
+  const int t = level_of(tier, "access");
+  const std::vector<std::uint32_t> prefix = checked_prefix("access", ns, doc_ids, doc_tokens, doc_bytes);
 
   AccessResult r;
   for (std::uint32_t s : prefix) {
-    r.hit_tiers.push_back(static_cast<Tier>(fastest(nodes_[s])));
+    r.hit_tiers.push_back(tier_at(fastest(nodes_[s])));
     r.matched_tokens += nodes_[s].tokens;
   }
   r.matched_docs = static_cast<std::int64_t>(prefix.size());
   InsertResult ins;
   const std::vector<std::uint32_t> created =
-      insert_path("access", ns, doc_ids, doc_tokens, doc_bytes, prefix, static_cast<int>(tier), ins);
+      insert_path("access", ns, doc_ids, doc_tokens, doc_bytes, prefix, t, ins);
   r.node_ids = std::move(ins.node_ids);
   r.created = std::move(ins.created);
   r.promoted = std::move(ins.promoted);
@@ -691,7 +807,7 @@ AccessResult KnowledgeTree::access(const std::string& ns, const std::vector<std:
   }
   if (!created.empty()) {
     std::int64_t new_tokens = 0;
-    for (std::size_t i = prefix.size(); i < doc_ids.size(); ++i) new_tokens += doc_tokens[i];
+    for (std::size_t i = prefix.size(); i < doc_ids.size(); ++i) new_tokens = sat_add(new_tokens, doc_tokens[i]);
     computed(created, r.matched_tokens, new_tokens);
   }
   if (lock) {
@@ -699,9 +815,9 @@ AccessResult KnowledgeTree::access(const std::string& ns, const std::vector<std:
       for (std::uint32_t s : *part) lock_slot(s);
     }
   }
-  std::uint64_t lookup_tokens = 0;
-  for (std::int64_t v : doc_tokens) lookup_tokens += static_cast<std::uint64_t>(v);
-  record_lookup(prefix, lookup_tokens);
+  std::int64_t lookup_tokens = 0;
+  for (std::int64_t v : doc_tokens) lookup_tokens = sat_add(lookup_tokens, v);
+  record_lookup(prefix, static_cast<std::uint64_t>(lookup_tokens));
   return r;
 }
 
@@ -713,15 +829,15 @@ NodeInfo KnowledgeTree::node(NodeId id) const {
   const Node& n = nodes_[s];
   NodeInfo info;
   info.node_id = id;
-  info.doc_id = doc_names_[n.doc];
-  info.ns = ns_names_[n.ns];
+  info.doc_id = docs_[n.doc].name;
+  info.ns = namespaces_[n.ns].name;
   if (!nodes_[n.parent].root) info.parent = id_of(n.parent);
   info.tokens = n.tokens;
   info.nbytes = n.nbytes;
-  info.tier = static_cast<Tier>(fastest(n));
+  info.tier = tier_at(fastest(n));
   for (int t = 0; t < num_tiers_; ++t) {
     if (!(n.resident >> t & 1u)) continue;
-    info.resident_tiers.push_back(static_cast<Tier>(t));
+    info.resident_tiers.push_back(tier_at(t));
     info.priorities.push_back(n.prio[t]);
   }
   info.lock_count = n.lock_count;
@@ -733,6 +849,10 @@ NodeInfo KnowledgeTree::node(NodeId id) const {
   for (std::uint32_t c = n.first_child; c != kNil; c = nodes_[c].next_sibling) info.children.push_back(id_of(c));
   std::sort(info.children.begin(), info.children.end());
   return info;
+}
+
+std::vector<Tier> KnowledgeTree::tiers() const {
+  return std::vector<Tier>(level_tier_.begin(), level_tier_.begin() + num_tiers_);
 }
 
 std::vector<NodeId> KnowledgeTree::node_ids() const {
@@ -749,6 +869,8 @@ TreeStats KnowledgeTree::stats() const {
   std::lock_guard<std::mutex> guard(mu_);
   TreeStats st;
   st.num_nodes = num_nodes_;
+  st.interned_names = static_cast<std::int64_t>(doc_index_.size() + ns_index_.size());
+  st.tiers.assign(level_tier_.begin(), level_tier_.begin() + num_tiers_);
   st.used_bytes.assign(used_.begin(), used_.begin() + num_tiers_);
   st.capacity_bytes.assign(capacity_.begin(), capacity_.begin() + num_tiers_);
   st.evictions.assign(evictions_.begin(), evictions_.begin() + num_tiers_);
@@ -790,9 +912,26 @@ std::vector<std::string> KnowledgeTree::check_invariants() const {
       for (std::uint32_t x = s; !nodes_[x].root; x = nodes_[x].parent) pins[x] += n.lock_count;
   }
   if (count != num_nodes_) bad.push_back("num_nodes " + std::to_string(num_nodes_) + " != " + std::to_string(count));
+  // Names: each interned document lists exactly its live nodes; each namespace has a root with children.
+  std::int64_t listed = 0;
+  for (const auto& [name, id] : doc_index_) {
+    const DocName& d = docs_[id];
+    std::uint32_t k = 0;
+    for (std::uint32_t x = d.first_node; x != kNil && k <= d.nodes; x = nodes_[x].next_same_doc, ++k) {
+      if (!nodes_[x].alive || nodes_[x].doc != id) bad.push_back("document " + quoted(name) + " lists a foreign node");
+    }
+    if (d.name != name || k != d.nodes || d.nodes == 0) bad.push_back("document " + quoted(name) + ": node list is stale");
+    listed += k;
+  }
+  if (listed != count) bad.push_back("document node lists hold " + std::to_string(listed) + " of " + std::to_string(count) + " nodes");
+  for (const auto& [name, id] : ns_index_) {
+    const std::uint32_t r = namespaces_[id].root;
+    if (r == kNil || !nodes_[r].alive || !nodes_[r].root || nodes_[r].first_child == kNil)
+      bad.push_back("namespace " + quoted(name) + " has no live root with documents");
+  }
   if (children_.size() != static_cast<std::size_t>(count)) bad.push_back("(parent, doc) index size mismatch");
   for (int t = 0; t < num_tiers_; ++t) {
-    const std::string name = tier_name(static_cast<Tier>(t));
+    const std::string name = level_name(t);
     if (used[t] != used_[t]) {
       bad.push_back("used bytes of " + name + ": " + std::to_string(used_[t]) + " != sum over resident nodes " +
                     std::to_string(used[t]));
@@ -810,9 +949,9 @@ std::vector<std::string> KnowledgeTree::check_invariants() const {
       const bool candidate = (n.resident >> t & 1u) && pins[s] == 0 && children_in[s][t] == 0;
       if (candidate != heaps_[t].contains(s)) {
         fail(s, std::string(candidate ? "missing from" : "wrongly in") + " the eviction heap of " +
-                    tier_name(static_cast<Tier>(t)));
+                    level_name(t));
       } else if (candidate && (heaps_[t].key(s).prio != n.prio[t] || heaps_[t].key(s).tick != n.tick)) {
-        fail(s, std::string("stale heap key in ") + tier_name(static_cast<Tier>(t)));
+        fail(s, std::string("stale heap key in ") + level_name(t));
       }
     }
   }

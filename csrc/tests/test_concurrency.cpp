@@ -35,7 +35,7 @@ TEST(TreeConcurrency, EightThreadsKeepExactAccounting) {
       }
       const std::string ns = (rng() % 4 == 0) ? "other" : "main";
       try {
-        switch (rng() % 7) {
+        switch (rng() % 8) {
           case 0:
           case 1: {  // a request that keeps its path locked for a while
             held.push_back(tree.access(ns, docs, tok, bytes, Tier::kGpu, true).node_ids);
@@ -58,6 +58,14 @@ TEST(TreeConcurrency, EightThreadsKeepExactAccounting) {
           case 5: {
             MatchResult m = tree.match(ns, docs);
             if (!m.node_ids.empty()) tree.remove(m.node_ids.back());
+            else tree.remove_document(docs[0]);  // a changed document: its old paths go
+            break;
+          }
+          case 6: {  // the controller's flow: lock hits, insert the rest locked, release both
+            MatchResult m = tree.match(ns, docs, tok, true);
+            held.push_back(m.node_ids);
+            held.push_back(tree.insert(ns, docs, tok, bytes, Tier::kGpu, true).node_ids);
+            ++accesses;
             break;
           }
           default: {
@@ -71,7 +79,7 @@ TEST(TreeConcurrency, EightThreadsKeepExactAccounting) {
         ++stale_ids;
       } catch (const std::invalid_argument&) {  // removing a path another thread holds
       }
-      if (held.size() > 2 || (!held.empty() && rng() % 2)) {
+      while (held.size() > 2 || (!held.empty() && rng() % 2)) {
         tree.unlock(held.front());
         held.erase(held.begin());
       }

@@ -2,6 +2,7 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <limits>
 #include <random>
 #include <set>
 
@@ -472,7 +473,6 @@ TEST(TreeBadInput, ConstructorArguments) {
   EXPECT_THROW(KnowledgeTree(caps(100), "fifo"), IA);
   EXPECT_THROW(KnowledgeTree(caps(100), "pgdsf"), IA);  // needs a profile
   EXPECT_THROW(KnowledgeTree({}, "lru"), IA);
-  EXPECT_THROW(KnowledgeTree({{"gpu", 100}, {"remote", 100}}, "lru"), IA);  // not a prefix
   EXPECT_THROW(KnowledgeTree({{"gpu", 100}, {"disk", 100}}, "lru"), IA);
   EXPECT_THROW(KnowledgeTree({{"gpu", 0}}, "lru"), IA);
   try {
@@ -482,4 +482,148 @@ TEST(TreeBadInput, ConstructorArguments) {
   }
   EXPECT_THROW(parse_tier("ssd"), IA);
   EXPECT_EQ(parse_tier("host"), Tier::kHost);
+}
+
+// ---------------------------------------------------------------- tier subsets
+
+TEST(TreeTiers, AnySubsetDemotesIntoTheNextConfiguredTier) {
+  KnowledgeTree t({{"gpu", 200}, {"remote", 1000}}, "lru");
+  EXPECT_EQ(t.tiers(), (std::vector<Tier>{Tier::kGpu, Tier::kRemote}));
+  NodeId a = t.insert("m", {"a"}, {1}, {150}).node_ids[0];
+  auto evs = t.insert("m", {"b"}, {1}, {150}).evictions;  // a: gpu -> remote
+  ASSERT_EQ(evs.size(), 1u);
+  EXPECT_EQ(evs[0].from, Tier::kGpu);
+  EXPECT_EQ(evs[0].to, Tier::kRemote);
+  EXPECT_EQ(t.node(a).tier, Tier::kRemote);
+  EXPECT_THROW(t.insert("m", {"c"}, {1}, {1}, Tier::kHost), std::invalid_argument);
+  EXPECT_EQ(t.stats().tiers, (std::vector<Tier>{Tier::kGpu, Tier::kRemote}));
+  EXPECT_INVARIANTS(t);
+
+  KnowledgeTree host_only({{"host", 100}}, "lru");
+  host_only.insert("m", {"a"}, {1}, {80}, Tier::kHost);
+  evs = host_only.insert("m", {"b"}, {1}, {80}, Tier::kHost).evictions;  // the only tier drops
+  ASSERT_EQ(evs.size(), 1u);
+  EXPECT_EQ(evs[0].from, Tier::kHost);
+  EXPECT_FALSE(evs[0].to.has_value());
+  EXPECT_THROW(host_only.insert("m", {"c"}, {1}, {1}), std::invalid_argument);  // the default tier, gpu, is absent
+  EXPECT_INVARIANTS(host_only);
+}
+
+// ------------------------------------------------------------ atomic locking
+
+TEST(TreeLocking, MatchAndInsertLockInTheSameCall) {
+  KnowledgeTree t(caps(1000), "lru");
+  InsertResult r = t.insert("m", {"a", "b"}, {1, 1}, {100, 100}, Tier::kGpu, /*lock=*/true);
+  for (NodeId id : r.node_ids) EXPECT_EQ(t.node(id).lock_count, 1u);
+  EXPECT_THROW(t.evict(Tier::kGpu, 1), CapacityError);  // everything is locked
+  const std::uint64_t lookups = t.stats().lookups;
+  MatchResult m = t.match("m", {"a", "b", "c"}, std::nullopt, /*lock=*/true);
+  EXPECT_EQ(m.matched_docs, 2);
+  EXPECT_EQ(t.stats().lookups, lookups + 1);
+  for (NodeId id : m.node_ids) EXPECT_EQ(t.node(id).lock_count, 2u);
+  t.unlock(r.node_ids);
+  t.unlock(m.node_ids);
+  EXPECT_EQ(t.evict(Tier::kGpu, 200).size(), 2u);
+  EXPECT_INVARIANTS(t);
+}
+
+TEST(TreeLocking, PeekRecordsNothing) {
+  KnowledgeTree t(caps(1000), "lru");
+  t.insert("m", {"a"}, {5}, {100});
+  const Snapshot before = snapshot(t);
+  MatchResult m = t.peek("m", {"a", "b"});
+  EXPECT_EQ(m.matched_docs, 1);
+  EXPECT_EQ(m.matched_tokens, 5);
+  expect_same(before, snapshot(t));
+  EXPECT_EQ(t.stats().hits, before.stats.hits);
+}
+
+// ------------------------------------------------------ sizes and overflow
+
+TEST(TreeSizes, OversizedRequestFailsAtOnceWithoutEvicting) {
+  KnowledgeTree t(caps(1000, 5000), "lru");
+  for (int i = 0; i < 9; ++i) t.insert("m", {"d" + std::to_string(i)}, {1}, {100});
+  const Snapshot before = snapshot(t);
+  EXPECT_THROW(t.insert("m", {"big"}, {1}, {1001}), CapacityError);
+  EXPECT_THROW(t.access("m", {"big"}, {1}, {1001}), CapacityError);
+  expect_same(before, snapshot(t));  // no eviction was tried: counters and clocks unchanged
+  try {
+    t.insert("m", {"big"}, {1}, {1001});
+  } catch (const CapacityError& e) {
+    EXPECT_NE(std::string(e.what()).find("capacity is 1000"), std::string::npos) << e.what();
+  }
+  // It fits the host tier.
+  EXPECT_TRUE(t.insert("m", {"big"}, {1}, {1001}, Tier::kHost).created[0]);
+  EXPECT_INVARIANTS(t);
+}
+
+TEST(TreeSizes, ByteSumsNeverOverflow) {
+  const std::int64_t big = std::int64_t{1} << 62;
+  KnowledgeTree t({{"gpu", std::numeric_limits<std::int64_t>::max()}}, "lru");
+  const Snapshot before = snapshot(t);
+  EXPECT_THROW(t.insert("m", {"a", "b"}, {1, 1}, {big, big}), CapacityError);
+  expect_same(before, snapshot(t));
+  InsertResult r = t.insert("m", {"a"}, {1}, {big});
+  EXPECT_EQ(r.created, std::vector<bool>{true});
+  EXPECT_THROW(t.insert("m", {"a", "b", "c"}, {1, 1, 1}, {big, big, big}), CapacityError);
+  EXPECT_EQ(t.stats().num_nodes, 1);
+  EXPECT_INVARIANTS(t);
+}
+
+// ------------------------------------------------ names and changed documents
+
+TEST(TreeNames, ReleasedWithTheirLastNode) {
+  KnowledgeTree t(caps(100000), "lru");
+  for (int i = 0; i < 1000; ++i) {
+    const std::string d = "doc" + std::to_string(i);
+    NodeId id = t.insert("ns" + std::to_string(i % 3), {d, d + "/b"}, {1, 1}, {10, 10}).node_ids[0];
+    t.remove(id);
+  }
+  EXPECT_EQ(t.stats().num_nodes, 0);
+  EXPECT_EQ(t.stats().interned_names, 0);
+  t.insert("m", {"a", "b"}, {1, 1}, {10, 10});
+  t.insert("m", {"b", "a"}, {1, 1}, {10, 10});
+  EXPECT_EQ(t.stats().interned_names, 3);  // a, b, m
+  EXPECT_INVARIANTS(t);
+}
+
+TEST(TreeNames, EvictionReleasesNamesToo) {
+  KnowledgeTree t(caps(1000), "lru");
+  for (int i = 0; i < 5000; ++i) t.insert("m", {"d" + std::to_string(i)}, {1}, {100});
+  EXPECT_EQ(t.stats().num_nodes, 10);
+  EXPECT_EQ(t.stats().interned_names, 11);
+  EXPECT_INVARIANTS(t);
+}
+
+TEST(TreeRemoveDocument, DropsEveryPathThroughItButLockedOnes) {
+  KnowledgeTree t(caps(10000, 10000), "lru");
+  t.insert("m", {"a", "x", "y"}, {1, 1, 1}, {10, 10, 10});
+  t.insert("m", {"b", "x"}, {1, 1}, {10, 10});
+  t.insert("other", {"x"}, {1}, {10});
+  t.insert("m", {"b", "c"}, {1, 1}, {10, 10});
+  t.evict(Tier::kGpu, 10);  // one copy moves to host: both copies must go
+  InsertResult held = t.insert("m", {"c", "x"}, {1, 1}, {10, 10}, Tier::kGpu, true);
+  RemoveResult r = t.remove_document("x");
+  EXPECT_EQ(r.kept_locked, 1);
+  // Dropped: [a x], [a x y], [b x], [other: x]; kept: [c x] (locked) and everything not through x.
+  EXPECT_TRUE(t.peek("m", {"a", "x"}).matched_docs == 1);
+  EXPECT_TRUE(t.peek("m", {"b", "x"}).matched_docs == 1);
+  EXPECT_EQ(t.peek("other", {"x"}).matched_docs, 0);
+  EXPECT_EQ(t.peek("m", {"c", "x"}).matched_docs, 2);
+  EXPECT_EQ(t.peek("m", {"b", "c"}).matched_docs, 2);
+  std::int64_t dropped = 0;
+  for (const Eviction& e : r.evictions) {
+    EXPECT_FALSE(e.to.has_value());
+    dropped += e.nbytes;
+  }
+  EXPECT_EQ(r.evictions.size(), 4u);  // [a x] and its child y (demoted to host), [b x], [other: x]
+  EXPECT_EQ(dropped, 40);
+  EXPECT_INVARIANTS(t);
+  t.unlock(held.node_ids);
+  r = t.remove_document("x");
+  EXPECT_EQ(r.kept_locked, 0);
+  EXPECT_EQ(r.evictions.size(), 1u);
+  EXPECT_TRUE(t.remove_document("never-seen").evictions.empty());
+  EXPECT_EQ(t.stats().interned_names, 4);  // a, b, c, m: "other", x and y left with their last nodes
+  EXPECT_INVARIANTS(t);
 }

@@ -38,6 +38,7 @@ inline Snapshot snapshot(const KnowledgeTree& t) {
 
 inline void expect_same(const Snapshot& a, const Snapshot& b) {
   EXPECT_EQ(a.stats.num_nodes, b.stats.num_nodes);
+  EXPECT_EQ(a.stats.interned_names, b.stats.interned_names);
   EXPECT_EQ(a.stats.used_bytes, b.stats.used_bytes);
   EXPECT_EQ(a.stats.capacity_bytes, b.stats.capacity_bytes);
   EXPECT_EQ(a.stats.evictions, b.stats.evictions);

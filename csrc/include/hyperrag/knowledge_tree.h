@@ -42,7 +42,7 @@ struct MatchResult {
 
 struct InsertResult {
   std::vector<NodeId> node_ids;     // the whole path
-  std::vector<bool> created;        // per document
+  std::vector<bool> created;        // per document: created by this call
   std::vector<NodeId> promoted;     // reused nodes copied into the insert's tier
   std::vector<Eviction> evictions;  // in the order they happened
 };
@@ -56,6 +56,13 @@ struct AccessResult {
   std::int64_t matched_tokens = 0;
   std::vector<NodeId> promoted;     // hits copied into the request's tier
   std::vector<Eviction> evictions;
+};
+
+// Result of remove_document: what was dropped, and how many of the
+// document's nodes stayed because they (or a node below them) are locked.
+struct RemoveResult {
+  std::vector<Eviction> evictions;
+  std::int64_t kept_locked = 0;
 };
 
 struct NodeInfo {
@@ -79,6 +86,8 @@ struct NodeInfo {
 
 struct TreeStats {
   std::int64_t num_nodes = 0;
+  std::int64_t interned_names = 0;           // document + namespace names held by live nodes
+  std::vector<Tier> tiers;                   // configured tiers, fastest first
   std::vector<std::int64_t> used_bytes;      // per configured tier
   std::vector<std::int64_t> capacity_bytes;
   std::vector<std::uint64_t> evictions;      // nodes evicted from each tier
@@ -95,32 +104,43 @@ struct TreeStats {
 // Each node is resident in one or more tiers; a parent is always resident in
 // the same or a faster tier than its child. Eviction candidates of a tier are
 // the unlocked nodes resident there with no child resident there, ordered by
-// the policy in an indexed heap per tier.
+// the policy in an indexed heap per tier. Document and namespace names are
+// interned while a node uses them and released with their last node, so a
+// long-running tree holds names in proportion to its nodes.
 //
 // Every public method is atomic: it validates all input first, and an
 // operation that cannot make room rolls back, so a thrown exception leaves
 // the tree unchanged. Thread-safe: one mutex serialises all methods.
 class KnowledgeTree {
  public:
-  // capacities: bytes per tier; the keys must be a prefix of gpu, host, remote.
+  // capacities: bytes per tier, any non-empty subset of gpu, host, remote; a
+  // tier demotes into the next slower configured one.
   // policy: pgdsf (needs profile), gdsf, lru, lfu.
   KnowledgeTree(const std::map<std::string, std::int64_t>& capacities,
                 const std::string& policy = "pgdsf",
                 std::optional<CostProfile> profile = std::nullopt);
 
   // Longest cached prefix of doc_ids. Counts one lookup; doc_tokens, when
-  // given, adds the path's tokens to lookup_tokens.
+  // given, adds the path's tokens to lookup_tokens. lock: the matched nodes
+  // are locked in the same critical section, so none can be evicted between
+  // the lookup and the lock.
   MatchResult match(const std::string& ns, const std::vector<std::string>& doc_ids,
-                    const std::optional<std::vector<std::int64_t>>& doc_tokens = std::nullopt);
+                    const std::optional<std::vector<std::int64_t>>& doc_tokens = std::nullopt,
+                    bool lock = false);
+  // The longest cached prefix, recording nothing (no lookup counted).
+  MatchResult peek(const std::string& ns, const std::vector<std::string>& doc_ids) const;
 
   // Adds the missing documents of the path to `tier`, evicting by policy to
   // make room. Existing prefix nodes are reused (their sizes must match);
   // those resident only in a slower tier are promoted into `tier` first, in
   // the same transaction, as promote() would. Throws CapacityError (tree
-  // unchanged) when the locked set leaves no room.
+  // unchanged) when the locked set leaves no room, at once and without
+  // evicting when what it needs exceeds the tier's capacity. lock: the whole
+  // path is locked once in the same critical section.
   InsertResult insert(const std::string& ns, const std::vector<std::string>& doc_ids,
                       const std::vector<std::int64_t>& doc_tokens,
-                      const std::vector<std::int64_t>& doc_bytes, Tier tier = Tier::kGpu);
+                      const std::vector<std::int64_t>& doc_bytes, Tier tier = Tier::kGpu,
+                      bool lock = false);
 
   // Reference counts; a locked node and its ancestors are never evicted.
   void lock(const std::vector<NodeId>& ids);
@@ -140,6 +160,10 @@ class KnowledgeTree {
   std::vector<Eviction> promote(const std::vector<NodeId>& ids, Tier tier = Tier::kGpu);
   // Drops a node and its subtree (none of it locked); one event per dropped copy.
   std::vector<Eviction> remove(NodeId id);
+  // Drops every node of document `doc` (any namespace, any depth) with its
+  // subtree, except nodes pinned by a lock, which stay and are counted. Used
+  // when a document's content changed: its old KV must never be served.
+  RemoveResult remove_document(const std::string& doc);
   // Changes a tier's capacity, evicting down to it.
   std::vector<Eviction> set_capacity(Tier tier, std::int64_t nbytes);
 
@@ -157,6 +181,7 @@ class KnowledgeTree {
   std::vector<NodeId> node_ids() const;  // every document node, ascending
   TreeStats stats() const;
   int num_tiers() const { return num_tiers_; }
+  std::vector<Tier> tiers() const;  // configured, fastest first
   const char* policy_name() const { return policy_->name(); }
   // Recomputes every derived quantity (bytes per tier, child counts, pins,
   // heap membership and keys) and returns a description of each mismatch.
@@ -175,6 +200,7 @@ class KnowledgeTree {
     std::uint32_t doc = 0;
     std::uint32_t parent = kNil;
     std::uint32_t first_child = kNil, next_sibling = kNil, prev_sibling = kNil;
+    std::uint32_t next_same_doc = kNil, prev_same_doc = kNil;  // the document's nodes
     std::int64_t tokens = 0;
     std::int64_t nbytes = 0;
     std::array<std::uint32_t, kMaxTiers> children_in{};  // children resident per tier
@@ -208,17 +234,34 @@ class KnowledgeTree {
     std::uint64_t tick = 0;
   };
 
-  // Helpers below assume mu_ is held.
+  // A document or namespace name held while nodes use it. Documents list
+  // their nodes (next_same_doc) so a changed document can be dropped at once.
+  struct DocName {
+    std::string name;
+    std::uint32_t first_node = kNil;
+    std::uint32_t nodes = 0;
+  };
+  struct NsName {
+    std::string name;
+    std::uint32_t root = kNil;
+  };
+
+  // Helpers below assume mu_ is held. Internally tiers are levels 0..n-1
+  // (the configured tiers, fastest first); the public API speaks Tier.
   NodeId id_of(std::uint32_t s) const { return (static_cast<NodeId>(nodes_[s].gen) << 32) | s; }
   std::uint32_t resolve(NodeId id, const char* op) const;
   std::vector<std::uint32_t> resolve_all(const std::vector<NodeId>& ids, const char* op) const;
-  void check_tier(Tier t, const char* op) const;
+  int level_of(Tier t, const char* op) const;
+  Tier tier_at(int level) const { return level_tier_[level]; }
+  const char* level_name(int level) const { return tier_name(level_tier_[level]); }
+  std::string configured_names() const;
   static int fastest(const Node& n);
   static std::uint64_t child_key(std::uint32_t parent, std::uint32_t doc) {
     return (static_cast<std::uint64_t>(parent) << 32) | doc;
   }
   std::uint32_t find_child(std::uint32_t parent, const std::string& doc) const;
   std::vector<std::uint32_t> walk(const std::string& ns, const std::vector<std::string>& docs) const;
+  MatchResult describe(const std::vector<std::uint32_t>& path) const;
   static void validate_docs(const char* op, const std::string& ns, const std::vector<std::string>& docs);
   static void validate_sizes(const char* op, const char* field, std::size_t n,
                              const std::vector<std::int64_t>& values);
@@ -228,11 +271,13 @@ class KnowledgeTree {
   void check_prefix_sizes(const char* op, const std::vector<std::uint32_t>& prefix,
                           const std::vector<std::int64_t>& tokens,
                           const std::vector<std::int64_t>& bytes) const;
-  // The cached prefix of a request's path, after checking its tier and that cached sizes agree.
+  // The cached prefix of a request's path, after checking that cached sizes agree.
   std::vector<std::uint32_t> checked_prefix(const char* op, const std::string& ns,
                                             const std::vector<std::string>& docs,
                                             const std::vector<std::int64_t>& tokens,
-                                            const std::vector<std::int64_t>& bytes, Tier tier) const;
+                                            const std::vector<std::int64_t>& bytes) const;
+  // Throws CapacityError before anything changes when `need` bytes can never fit in level t.
+  void check_fits(const char* op, int t, __int128 need) const;
   void lock_slot(std::uint32_t s);
   PolicyInput policy_input(const Node& n) const;
   void sync(std::uint32_t s);
@@ -244,16 +289,17 @@ class KnowledgeTree {
   bool make_room(int t, std::int64_t need, std::vector<Eviction>& evs);
   bool promote_into(const std::vector<std::uint32_t>& order, int t, std::vector<Eviction>& evs);
   bool evict_one(std::uint32_t s, int t, std::vector<Eviction>& evs);
+  void remove_subtree(std::uint32_t s, std::vector<Eviction>& evs);
   void begin();
   void commit();
   void rollback();
   [[noreturn]] void throw_capacity(const char* op) const;
-  std::uint32_t intern(std::unordered_map<std::string, std::uint32_t>& index,
-                       std::vector<std::string>& names, const std::string& s);
+  std::uint32_t intern_doc(const std::string& name);
   std::uint32_t root_for(const std::string& ns);
   std::uint32_t new_node(std::uint32_t parent, std::uint32_t doc, std::int64_t tokens,
                          std::int64_t nbytes);
   void delete_node(std::uint32_t s);
+  void release_slot(std::uint32_t s);
   std::vector<std::uint32_t> create_path(const std::string& ns,
                                          const std::vector<std::string>& docs,
                                          const std::vector<std::int64_t>& tokens,
@@ -269,6 +315,8 @@ class KnowledgeTree {
 
   mutable std::mutex mu_;
   int num_tiers_ = 0;
+  std::array<Tier, kMaxTiers> level_tier_{};  // level -> tier
+  std::array<int, kMaxTiers> tier_level_{};   // tier -> level, -1 when not configured
   std::shared_ptr<const CostProfile> profile_;
   std::unique_ptr<EvictionPolicy> policy_;
   std::array<std::int64_t, kMaxTiers> capacity_{};
@@ -280,13 +328,14 @@ class KnowledgeTree {
   std::vector<std::uint32_t> free_slots_;
   std::unordered_map<std::uint64_t, std::uint32_t> children_;  // (parent, doc) -> slot
   std::unordered_map<std::string, std::uint32_t> doc_index_, ns_index_;
-  std::vector<std::string> doc_names_, ns_names_;
-  std::vector<std::uint32_t> roots_;  // namespace -> root slot
+  std::vector<DocName> docs_;
+  std::vector<NsName> namespaces_;
+  std::vector<std::uint32_t> free_docs_, free_namespaces_;
   std::int64_t num_nodes_ = 0;
   std::uint64_t tick_ = 0;
   std::uint64_t lookups_ = 0, hits_ = 0, hit_tokens_ = 0, lookup_tokens_ = 0;
   Journal journal_;
-  int fail_tier_ = 0;            // where the last make_room failed
+  int fail_tier_ = 0;            // level where the last make_room failed
   std::int64_t fail_need_ = 0;
 };
 

@@ -10,8 +10,10 @@ leaves the tree as it was. All methods are thread-safe and release the GIL.
 Errors: ``ValueError`` for bad arguments (the message names the field and the
 allowed values), ``CapacityError`` (a ``ValueError``) when what is locked
 leaves no room, ``UnknownNodeError`` (a ``KeyError``) for an id that names no
-live node. The contract is docs/cache_api.md; ``hyperrag.cache.reference``
-is a pure-Python twin with the same semantics.
+live node. Arguments of the wrong type or range raise TypeError/ValueError
+naming the argument. The contract is docs/cache_api.md;
+``hyperrag.testing.reference_tree`` is a pure-Python twin with the same
+semantics (a test oracle).
 """
 from .._core import (
     POLICIES,
@@ -24,6 +26,7 @@ from .._core import (
     KnowledgeTree,
     Match,
     NodeInfo,
+    RemoveResult,
     TreeStats,
     UnknownNodeError,
 )
@@ -39,6 +42,7 @@ __all__ = [
     "KnowledgeTree",
     "Match",
     "NodeInfo",
+    "RemoveResult",
     "TreeStats",
     "UnknownNodeError",
 ]
