@@ -1,32 +1,34 @@
-"""`hyperrag bench` (serve.cli): runs, prints the table and writes consistent JSON."""
-import argparse
+"""`hyperrag bench` through the installed console script: table, and JSON holding the options and rows."""
 import json
+import subprocess
+import sys
 
 import pytest
 
 pytest.importorskip("hyperrag.cache", reason="needs the native cache module")
-from hyperrag.serve import cli  # noqa: E402
+from test_cli import run_hyperrag  # noqa: E402
+
+TINY = ("--queries", "20", "--repeats", "1", "--no-progress")
 
 
-def test_run_bench_prints_the_table_and_writes_json(tmp_path, capsys):
-    parser = argparse.ArgumentParser()
-    cli.add_bench_arguments(parser)
-    args = parser.parse_args(["--paradigm", "iterative", "--queries", "30", "--repeats", "1", "--no-progress",
-                              "--json", str(tmp_path)])
-    assert cli.run_bench(args) == 0
-    out = capsys.readouterr().out
-    rows = json.loads((tmp_path / "bench_paradigms.json").read_text())["rows"]
-    assert [r["paradigm"] for r in rows] == ["iterative"] and "iterative" in out
+def test_bench_prints_the_table_and_writes_json(tmp_path):
+    out_dir = tmp_path / "results" / "today"  # created by the run
+    proc = run_hyperrag("bench", "--paradigm", "iterative", *TINY, "--zipf-alpha", "0.9", "--json", out_dir)
+    assert proc.returncode == 0, (proc.args, proc.stderr)
+    payload = json.loads((out_dir / "bench_paradigms.json").read_text())
+    assert payload["args"] == {"paradigm": "iterative", "queries": 20, "repeats": 1, "load": 0.6,
+                               "zipf_alpha": 0.9, "ablations": False, "json": str(out_dir), "no_progress": True}
+    rows = payload["rows"]
+    assert [r["paradigm"] for r in rows] == ["iterative"] and "iterative" in proc.stdout
     r = rows[0]
+    assert r["queries"] == 20 and r["repeats"] == 1
     assert r["speedup_mean"] == pytest.approx(r["baseline_mean_ttft_s"] / r["hyperrag_mean_ttft_s"])
-    assert f"{r['hyperrag_mean_ttft_s'] * 1000:.1f} ms" in out
+    assert f"{r['hyperrag_mean_ttft_s'] * 1000:.1f} ms" in proc.stdout
     assert 0 < r["hit_rate"] <= 1  # hops reuse the previous hop's documents
 
 
-def test_bad_arguments_are_rejected():
-    parser = argparse.ArgumentParser()
-    cli.add_bench_arguments(parser)
-    with pytest.raises(SystemExit):
-        parser.parse_args(["--paradigm", "nope"])
-    with pytest.raises(SystemExit, match="--queries"):
-        cli.run_bench(parser.parse_args(["--queries", "0"]))
+def test_serve_cli_module_is_the_bench_subcommand():
+    proc = subprocess.run([sys.executable, "-m", "hyperrag.serve.cli", "--queries", "0"], capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 2, (proc.args, proc.stderr)
+    assert proc.stderr == "hyperrag bench: error: argument --queries: must be a positive integer, got '0'\n"

@@ -1,40 +1,168 @@
-"""The `hyperrag` command: `optimize` (schedule search) and `bench` (serving benchmark)."""
+"""The `hyperrag` command: `optimize` (schedule search) and `bench` (serving benchmark).
+
+Bad input never shows a traceback: every rejected flag or value is one line on
+stderr, `hyperrag <subcommand>: error: ...`, and exit status 2; a failed write
+of an output file is one such line and exit status 1.
+"""
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
+import math
+import os
 import sys
-from typing import List, Optional
+import tempfile
+from pathlib import Path
+from typing import Dict, List, NoReturn, Optional, Tuple
 
 PLACEMENT_MARKERS = {"collocated": "o", "disaggregated": "s", "hybrid": "^"}
 
 
+def fail(prog: str, message: str, status: int = 2) -> NoReturn:
+    """Print ``prog: error: message`` as one line on stderr and exit with ``status``."""
+    print(f"{prog}: error: {' '.join(str(message).splitlines())}", file=sys.stderr)
+    raise SystemExit(status)
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse whose own errors (unknown flag, bad type, invalid choice) are one line, without the usage block."""
+
+    def error(self, message: str) -> NoReturn:
+        fail(self.prog, message)
+
+
+# ------------------------------------------------- value checks (argparse types)
+# Each runs while the command line is parsed, so a bad value is refused before any work starts;
+# argparse prefixes the message with the flag ("argument --load: ...").
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}")
+    return value
+
+
+def _float(text: str) -> float:
+    """The number, or NaN (which every range check refuses) when ``text`` is not one."""
+    try:
+        return float(text)
+    except ValueError:
+        return math.nan
+
+
+def positive_float(text: str) -> float:
+    value = _float(text)
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text!r}")
+    return value
+
+
+def open_fraction(text: str) -> float:
+    """A fraction strictly inside (0, 1), as bench.arrival_rate requires: at load 1 the baseline's
+    queue would grow without bound."""
+    value = _float(text)
+    if not 0 < value < 1:
+        raise argparse.ArgumentTypeError(f"must be a fraction in (0, 1), e.g. 0.6, got {text!r}")
+    return value
+
+
+def _writable_dir(folder: Path, creates_folder: bool = False) -> None:
+    """Refuse ``folder`` unless a scratch file (or, when the output needs new folders in it, a scratch
+    folder) can be made there and removed: os.access says yes to root and on read-only pseudo-filesystems."""
+    if not folder.is_dir():
+        raise argparse.ArgumentTypeError(
+            f"{str(folder)!r} is not a folder" if folder.exists() else f"folder {str(folder)!r} does not exist")
+    try:
+        if creates_folder:
+            os.rmdir(tempfile.mkdtemp(prefix=".hyperrag-probe-", dir=folder))
+        else:
+            with tempfile.TemporaryFile(prefix=".hyperrag-probe-", dir=folder):
+                pass
+    except OSError as exc:
+        raise argparse.ArgumentTypeError(f"folder {str(folder)!r} is not writable ({exc.strerror})") from None
+
+
+def png_file(text: str) -> str:
+    """A .png path in an existing, writable folder."""
+    path = Path(text)
+    if path.suffix.lower() != ".png":
+        raise argparse.ArgumentTypeError(f"must be a file name ending in .png, got {text!r}")
+    if path.is_dir():
+        raise argparse.ArgumentTypeError(f"{text!r} is a folder; give a file name ending in .png")
+    _writable_dir(path.parent)
+    if path.is_file():
+        try:
+            open(path, "ab").close()  # appends nothing: only asks whether the file may be overwritten
+        except OSError as exc:
+            raise argparse.ArgumentTypeError(f"file {text!r} is not writable ({exc.strerror})") from None
+    if importlib.util.find_spec("matplotlib") is None:
+        raise argparse.ArgumentTypeError("needs matplotlib: pip install 'dv-hyperrag[plot]'")
+    return text
+
+
+def output_dir(text: str) -> str:
+    """A folder that exists or can be created (its nearest existing ancestor is a writable folder);
+    kept a str, as bench writes its options into the JSON."""
+    if not text:
+        raise argparse.ArgumentTypeError("must be a folder path, got ''")
+    folder = existing = Path(text)
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    _writable_dir(existing, creates_folder=existing != folder)
+    return text
+
+
+def _preset(lookup, text: str) -> str:
+    """``text`` if ``lookup`` (the library's own case-insensitive preset resolver) knows it."""
+    try:
+        lookup(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
+
+
+def model_name(text: str) -> str:
+    from hyperrag.models import LLMModel
+
+    return _preset(LLMModel.from_name, text)
+
+
+def gpu_name(text: str) -> str:
+    from hyperrag.hardware import get_gpu
+
+    return _preset(get_gpu, text)
+
+
+# ------------------------------------------------------------------ optimize
 def add_optimize_arguments(parser: argparse.ArgumentParser) -> None:
     from hyperrag.plan import PARADIGMS
 
-    parser.add_argument("--paradigm", default="hyperscale", help=f"one of: {', '.join(PARADIGMS)}")
-    parser.add_argument("--model", default=None, help="model preset, e.g. llama-3.1-8b (default: the paradigm's)")
-    parser.add_argument("--gpu", default="H100", help="accelerator preset, e.g. H100, A100-80GB, L40S")
-    parser.add_argument("--gpu-budget-gb", type=float, default=4.0, help="KV cache capacity in GPU memory (GB)")
-    parser.add_argument("--host-budget-gb", type=float, default=16.0, help="KV cache capacity in host memory (GB)")
-    parser.add_argument("--qps-target", type=float, default=None, help="required queries/s per chip")
-    parser.add_argument("--ttft-slo-ms", type=float, default=None, help="TTFT limit in milliseconds")
-    parser.add_argument("--plot", metavar="FILE.png", default=None, help="draw TTFT vs QPS/chip to this PNG")
+    parser.add_argument("--paradigm", default="hyperscale", choices=tuple(PARADIGMS), help="workload paradigm")
+    parser.add_argument("--model", type=model_name, default=None,
+                        help="model preset, e.g. llama-3.1-8b (default: the paradigm's)")
+    parser.add_argument("--gpu", type=gpu_name, default="H100", help="accelerator preset, e.g. H100, A100-80GB, L40S")
+    parser.add_argument("--gpu-budget-gb", type=positive_float, default=4.0,
+                        help="KV cache capacity in GPU memory (GB)")
+    parser.add_argument("--host-budget-gb", type=positive_float, default=16.0,
+                        help="KV cache capacity in host memory (GB)")
+    parser.add_argument("--qps-target", type=positive_float, default=None, help="required queries/s per chip")
+    parser.add_argument("--ttft-slo-ms", type=positive_float, default=None, help="TTFT limit in milliseconds")
+    parser.add_argument("--plot", type=png_file, metavar="FILE.png", default=None,
+                        help="draw TTFT vs QPS/chip to this PNG (its folder must exist)")
     parser.add_argument("--json", action="store_true", help="print the result as JSON instead of a table")
 
 
 def run_optimize(args: argparse.Namespace) -> int:
     from hyperrag.plan import RAGOptimize, RAGOptimizeConfig
 
-    try:
-        config = RAGOptimizeConfig(
-            paradigm=args.paradigm, model=args.model, gpu=args.gpu, gpu_budget_gb=args.gpu_budget_gb,
-            host_budget_gb=args.host_budget_gb, qps_target=args.qps_target,
-            ttft_slo_s=None if args.ttft_slo_ms is None else args.ttft_slo_ms / 1e3)
-        result = RAGOptimize(config).optimize()
-    except ValueError as exc:
-        print(f"hyperrag optimize: error: {exc}", file=sys.stderr)
-        return 2
+    config = RAGOptimizeConfig(
+        paradigm=args.paradigm, model=args.model, gpu=args.gpu, gpu_budget_gb=args.gpu_budget_gb,
+        host_budget_gb=args.host_budget_gb, qps_target=args.qps_target,
+        ttft_slo_s=None if args.ttft_slo_ms is None else args.ttft_slo_ms / 1e3)
+    result = RAGOptimize(config).optimize()
     if args.json:
         print(json.dumps(result.to_dict(), indent=2))
     else:
@@ -99,9 +227,11 @@ def plot_frontier(result, path: str) -> None:
     plt.close(fig)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="hyperrag", description="KV-cache optimization for RAG serving")
-    sub = parser.add_subparsers(dest="command", required=True)
+# ------------------------------------------------------------------ command
+def build_parser() -> Tuple[Parser, Dict[str, Parser]]:
+    """The `hyperrag` parser and its subcommands' parsers by name."""
+    parser = Parser(prog="hyperrag", description="KV-cache optimization for RAG serving")
+    sub = parser.add_subparsers(dest="command")  # not required=True: main names the allowed subcommands
     opt = sub.add_parser("optimize", help="Pareto schedule search for a workload")
     add_optimize_arguments(opt)
     opt.set_defaults(func=run_optimize)
@@ -111,12 +241,30 @@ def build_parser() -> argparse.ArgumentParser:
     bench = sub.add_parser("bench", help="baseline vs HyperRAG TTFT per paradigm (simulated engine)")
     add_bench_arguments(bench)
     bench.set_defaults(func=run_bench)
-    return parser
+    return parser, sub.choices
+
+
+def _flags(parser: argparse.ArgumentParser) -> str:
+    return ", ".join(s for action in parser._actions for s in action.option_strings if s.startswith("--"))
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    args = build_parser().parse_args(argv)
-    return args.func(args)
+    parser, commands = build_parser()
+    # Unknown flags are collected rather than refused by the top-level parser, so that the
+    # error names the subcommand and lists its flags.
+    args, extra = parser.parse_known_args(argv)
+    if args.command is None:
+        unknown = f" (unrecognized: {' '.join(extra)})" if extra else ""
+        parser.error(f"a subcommand is required; allowed: {', '.join(commands)}{unknown}")
+    command = commands[args.command]
+    if extra:
+        command.error(f"unrecognized arguments: {' '.join(extra)}; allowed: {_flags(command)}")
+    try:
+        return args.func(args)
+    except ValueError as exc:  # the options are valid one by one but not together (e.g. model too big for gpu)
+        command.error(str(exc))
+    except OSError as exc:  # writing an output file failed after the run
+        fail(command.prog, str(exc), status=1)
 
 
 if __name__ == "__main__":
