@@ -353,6 +353,14 @@ void bind_tree(py::module_& m) {
           "Drop every node of this document (any namespace, any depth) with its subtree, except locked\n"
           "ones (counted in kept_locked): its content changed, so its KV must never be served again.")
       .def(
+          "document_nodes",
+          [](const KnowledgeTree& t, py::handle doc) {
+            auto d = to_string(doc, "document_nodes: doc_id");
+            py::gil_scoped_release release;
+            return t.document_nodes(d);
+          },
+          py::arg("doc_id"), "How many nodes hold this document (0 when none).")
+      .def(
           "set_capacity",
           [](KnowledgeTree& t, py::handle tier, py::handle nbytes) {
             const Tier parsed = tier_arg(tier, "set_capacity");

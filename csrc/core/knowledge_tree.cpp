@@ -737,6 +737,12 @@ RemoveResult KnowledgeTree::remove_document(const std::string& doc) {
   return r;
 }
 
+std::int64_t KnowledgeTree::document_nodes(const std::string& doc) const {
+  std::lock_guard<std::mutex> guard(mu_);
+  auto it = doc_index_.find(doc);
+  return it == doc_index_.end() ? 0 : docs_[it->second].nodes;
+}
+
 // Drops an unpinned node and its subtree, children before parents so that
 // every drop is of a leaf; one event per dropped copy.
 void KnowledgeTree::remove_subtree(std::uint32_t s, std::vector<Eviction>& evs) {

@@ -603,8 +603,10 @@ TEST(TreeRemoveDocument, DropsEveryPathThroughItButLockedOnes) {
   t.insert("m", {"b", "c"}, {1, 1}, {10, 10});
   t.evict(Tier::kGpu, 10);  // one copy moves to host: both copies must go
   InsertResult held = t.insert("m", {"c", "x"}, {1, 1}, {10, 10}, Tier::kGpu, true);
+  EXPECT_EQ(t.document_nodes("x"), 4);
   RemoveResult r = t.remove_document("x");
   EXPECT_EQ(r.kept_locked, 1);
+  EXPECT_EQ(t.document_nodes("x"), 1);
   // Dropped: [a x], [a x y], [b x], [other: x]; kept: [c x] (locked) and everything not through x.
   EXPECT_TRUE(t.peek("m", {"a", "x"}).matched_docs == 1);
   EXPECT_TRUE(t.peek("m", {"b", "x"}).matched_docs == 1);
@@ -624,6 +626,7 @@ TEST(TreeRemoveDocument, DropsEveryPathThroughItButLockedOnes) {
   EXPECT_EQ(r.kept_locked, 0);
   EXPECT_EQ(r.evictions.size(), 1u);
   EXPECT_TRUE(t.remove_document("never-seen").evictions.empty());
+  EXPECT_EQ(t.document_nodes("x"), 0);
   EXPECT_EQ(t.stats().interned_names, 4);  // a, b, c, m: "other", x and y left with their last nodes
   EXPECT_INVARIANTS(t);
 }

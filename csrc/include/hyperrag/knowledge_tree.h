@@ -164,6 +164,8 @@ class KnowledgeTree {
   // subtree, except nodes pinned by a lock, which stay and are counted. Used
   // when a document's content changed: its old KV must never be served.
   RemoveResult remove_document(const std::string& doc);
+  // How many nodes hold document `doc` (0 when none).
+  std::int64_t document_nodes(const std::string& doc) const;
   // Changes a tier's capacity, evicting down to it.
   std::vector<Eviction> set_capacity(Tier tier, std::int64_t nbytes);
 
