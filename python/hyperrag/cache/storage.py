@@ -11,12 +11,13 @@ from .._core import (
     cuda_compiled,
     cuda_device_count,
 )
-from .kv_cache import KVCache, filler_payload
+from .kv_cache import KVCache, StorageError, filler_payload
 
 __all__ = [
     "BlockPool",
     "KVCache",
     "PoolExhaustedError",
+    "StorageError",
     "TransferEngine",
     "TransferStats",
     "cuda_compiled",
