@@ -31,7 +31,7 @@ import time
 import numpy as np
 
 from hyperrag.cache import CostProfile, KnowledgeTree
-from hyperrag.cache.reference import ReferenceCostProfile, ReferenceTree
+from hyperrag.testing.reference_tree import ReferenceCostProfile, ReferenceTree
 from hyperrag.costmodel.llm import LLMCostModel
 from hyperrag.models import LLMModel
 

@@ -360,7 +360,7 @@ def test_document_larger_than_the_gpu_tier_is_kept_on_host_and_loaded_from_there
 
 
 def test_native_and_reference_trees_serve_a_trace_identically():
-    from hyperrag.cache.reference import ReferenceTree
+    from hyperrag.testing.reference_tree import ReferenceTree
 
     def serve(tree_cls):
         cache = cache_mod.KVCache(capacities={"gpu": 4 * MIB, "host": 16 * MIB}, policy="pgdsf",

@@ -1,5 +1,6 @@
 """A pure-Python knowledge tree with the semantics of the native one.
 
+A test oracle, not serving code: ``hyperrag.cache`` never imports it.
 Same API, policies and results as ``hyperrag.cache.KnowledgeTree`` (node ids
 are plain counters here, so they differ). It is the oracle of the stateful
 test and the baseline of bench/bench_tree.py, so it favours being obviously
@@ -9,6 +10,10 @@ an operation that may fail records the prior state of what it touches and
 restores it on failure. Not thread-safe.
 
 The semantics, shared with the C++ core:
+- The configured tiers are any non-empty subset of gpu, host, remote, fastest
+  first; "the next tier" of a tier is the next slower *configured* one (with
+  {gpu, remote}, gpu demotes to remote). Internally tiers are indices into
+  ``self.tiers``, so t + 1 is that next tier.
 - A node is one document after the exact documents above it; it is resident
   in a set of tiers, its ``tier`` is the fastest, and a parent's tier is never
   slower than its child's.
@@ -23,6 +28,11 @@ The semantics, shared with the C++ core:
   promote) and when it enters a tier, from that tier's clock at that time.
 - insert promotes reused prefix nodes resident only in a slower tier into its
   tier, in the same transaction as the room-making for the new documents.
+- insert, access and promote fail fast: when the bytes a call needs in its
+  tier (promoted nodes plus new documents) exceed that tier's capacity, they
+  raise CapacityError before evicting anything.
+- remove_document drops every node of a document (any namespace, any depth)
+  with its subtree, except pinned ones, which it keeps and counts.
 """
 from __future__ import annotations
 
@@ -32,13 +42,13 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence
 
-from .tree import CapacityError, UnknownNodeError
+from hyperrag.cache.tree import CapacityError, UnknownNodeError
 
 TIERS = ("gpu", "host", "remote")
 POLICIES = ("pgdsf", "gdsf", "lru", "lfu")
 
 __all__ = ["ReferenceCostProfile", "ReferenceTree", "Eviction", "Match", "InsertResult",
-           "AccessResult", "NodeInfo", "TreeStats", "TIERS", "POLICIES"]
+           "AccessResult", "RemoveResult", "NodeInfo", "TreeStats", "TIERS", "POLICIES"]
 
 
 def _locate(grid: List[float], x: float, extrapolate_above: bool):
@@ -126,6 +136,12 @@ class AccessResult:
 
 
 @dataclass
+class RemoveResult:
+    evictions: List[Eviction]
+    kept_locked: int
+
+
+@dataclass
 class NodeInfo:
     node_id: int
     doc_id: str
@@ -156,6 +172,7 @@ class TreeStats:
     hits: int
     hit_tokens: int
     lookup_tokens: int
+    interned_names: int
 
 
 class _Node:
@@ -193,19 +210,17 @@ class ReferenceTree:
 
     def __init__(self, capacities: Dict[str, int], policy: str = "pgdsf", profile=None):
         if not isinstance(capacities, dict) or not capacities:
-            raise ValueError("capacities: must be a non-empty dict (tiers: a prefix of gpu, host, remote)")
+            raise ValueError("capacities: must be a non-empty dict (tiers: any of gpu, host, remote)")
         for name, nbytes in capacities.items():
             if name not in TIERS:
                 raise ValueError(f"capacities: unknown tier {name!r} (allowed: gpu, host, remote)")
             if nbytes <= 0:
                 raise ValueError(f"capacities[{name!r}]: must be > 0 bytes (got {nbytes})")
-        if set(capacities) != set(TIERS[:len(capacities)]):
-            raise ValueError("capacities: tiers must be a prefix of gpu, host, remote")
         if policy not in POLICIES:
             raise ValueError(f"policy: unknown name {policy!r} (allowed: {', '.join(POLICIES)})")
         if policy == "pgdsf" and profile is None:
             raise ValueError("policy 'pgdsf' needs a CostProfile (profile=...)")
-        self.tiers = list(TIERS[:len(capacities)])
+        self.tiers = [t for t in TIERS if t in capacities]  # fastest first
         self.policy = policy
         self.profile = profile
         n = len(self.tiers)
@@ -411,6 +426,17 @@ class ReferenceTree:
                              f"(capacity {self._cap[t]} bytes, {self._used[t]} in use): what is left there "
                              "is locked or an ancestor of a locked node")
 
+    def _fail_fast(self, op: str, t: int, need: int) -> None:
+        """Before any eviction: a call needing more than the tier's capacity cannot succeed."""
+        if need > self._cap[t]:
+            raise CapacityError(f"{op}: needs {need} bytes in tier {self.tiers[t]!r} but its capacity is "
+                                f"{self._cap[t]} bytes: a document larger than its tier can never be cached there")
+
+    def _lock_nodes(self, nodes) -> None:
+        for n in nodes:
+            n.lock_count += 1
+            self._pin(n, +1)
+
     def _create(self, ns, docs, tokens, nbytes, prefix, t) -> List[_Node]:
         parent = prefix[-1] if prefix else self._roots.setdefault(ns, _Node(0, ns, "", None, 0, 0, root=True))
         created = []
@@ -431,6 +457,7 @@ class ReferenceTree:
         Returns (InsertResult, created nodes)."""
         slow = [n for n in prefix if min(n.resident) > t]  # a suffix: parents are never slower
         new_bytes = sum(nbytes[len(prefix):])
+        self._fail_fast(op, t, sum(n.nbytes for n in slow) + new_bytes)
         evs: list = []
         created: list = []
         if slow or new_bytes:
@@ -468,16 +495,28 @@ class ReferenceTree:
             self._refresh(n)
 
     # ------------------------------------------------------------ public API
-    def match(self, namespace: str, doc_ids, doc_tokens=None) -> Match:
+    def _match_result(self, path: List[_Node]) -> Match:
+        return Match([n.id for n in path], [self.tiers[min(n.resident)] for n in path],
+                     [n.tokens for n in path], len(path), sum(n.tokens for n in path))
+
+    def match(self, namespace: str, doc_ids, doc_tokens=None, lock: bool = False) -> Match:
+        """Longest cached prefix; counts one lookup. lock=True locks each matched node once."""
         self._check_docs("match", namespace, doc_ids)
         if doc_tokens is not None:
             self._check_sizes("match", "doc_tokens", len(doc_ids), doc_tokens)
         path = self._walk(namespace, doc_ids)
         self._record_lookup(path, sum(doc_tokens) if doc_tokens is not None else 0)
-        return Match([n.id for n in path], [self.tiers[min(n.resident)] for n in path],
-                     [n.tokens for n in path], len(path), sum(n.tokens for n in path))
+        if lock:
+            self._lock_nodes(path)
+        return self._match_result(path)
 
-    def insert(self, namespace: str, doc_ids, doc_tokens, doc_bytes, tier: str = "gpu") -> InsertResult:
+    def peek(self, namespace: str, doc_ids) -> Match:
+        """What match would return, recording nothing and locking nothing."""
+        self._check_docs("peek", namespace, doc_ids)
+        return self._match_result(self._walk(namespace, doc_ids))
+
+    def insert(self, namespace: str, doc_ids, doc_tokens, doc_bytes, tier: str = "gpu",
+               lock: bool = False) -> InsertResult:
         if tier not in TIERS:
             self._tier(tier, "insert")
         self._check_docs("insert", namespace, doc_ids)
@@ -486,12 +525,13 @@ class ReferenceTree:
         t = self._tier(tier, "insert")
         prefix = self._walk(namespace, doc_ids)
         self._check_prefix("insert", prefix, doc_tokens, doc_bytes)
-        return self._insert_path("insert", namespace, doc_ids, doc_tokens, doc_bytes, prefix, t)[0]
+        result, created = self._insert_path("insert", namespace, doc_ids, doc_tokens, doc_bytes, prefix, t)
+        if lock:  # the whole path, reused and created, before anyone else can evict it
+            self._lock_nodes(prefix + created)
+        return result
 
     def lock(self, node_ids) -> None:
-        for n in [self._resolve(i, "lock") for i in node_ids]:
-            n.lock_count += 1
-            self._pin(n, +1)
+        self._lock_nodes([self._resolve(i, "lock") for i in node_ids])
 
     def unlock(self, node_ids) -> None:
         nodes = [self._resolve(i, "unlock") for i in node_ids]
@@ -551,6 +591,7 @@ class ReferenceTree:
         evs: list = []
         if not order:
             return evs
+        self._fail_fast("promote", t, sum(n.nbytes for n in order))
         for n in order:
             self._pin(n, +1)
         self._begin()
@@ -570,16 +611,36 @@ class ReferenceTree:
         if n.pins:
             raise ValueError(f"remove: node {node_id} (document {n.doc!r}) or a node below it is locked")
         evs: list = []
-
-        def drop(x: _Node) -> None:
-            for c in list(x.children.values()):
-                drop(c)
-            for t in sorted(x.resident):
-                evs.append(Eviction(x.id, self.tiers[t], None, False, x.nbytes))
-                self._remove_resident(x, t)
-
-        drop(n)
+        self._drop_subtree(n, evs)
         return evs
+
+    def _drop_subtree(self, x: _Node, evs: list) -> None:
+        """Post-order (children first), each node's copies fastest first."""
+        for c in list(x.children.values()):
+            self._drop_subtree(c, evs)
+        for t in sorted(x.resident):
+            evs.append(Eviction(x.id, self.tiers[t], None, False, x.nbytes))
+            self._remove_resident(x, t)
+
+    def remove_document(self, doc_id: str) -> RemoveResult:
+        """Drop every node of document doc_id (any namespace, any depth) with its subtree,
+        in ascending node-id order; a pinned one (locked, or with a lock below it) is kept
+        whole and counted in kept_locked. Eviction counters and clocks are unchanged."""
+        if not doc_id:
+            raise ValueError("remove_document: doc_id must be a non-empty string")
+        evs: list = []
+        kept = 0
+        # A path holds a document once, so no node of doc_id lies below another one.
+        for n in sorted((n for n in self._nodes.values() if n.doc == doc_id), key=lambda n: n.id):
+            if n.pins:
+                kept += 1
+            else:
+                self._drop_subtree(n, evs)
+        return RemoveResult(evs, kept)
+
+    def document_nodes(self, doc_id: str) -> int:
+        """How many nodes hold this document (0 when none)."""
+        return sum(1 for n in self._nodes.values() if n.doc == doc_id)
 
     def set_capacity(self, tier: str, nbytes: int) -> List[Eviction]:
         if tier not in TIERS:
@@ -617,9 +678,7 @@ class ReferenceTree:
         if created:
             self._computed(created, matched_tokens, sum(doc_tokens[len(prefix):]))
         if lock:
-            for n in prefix + created:
-                n.lock_count += 1
-                self._pin(n, +1)
+            self._lock_nodes(prefix + created)
         self._record_lookup(prefix, sum(doc_tokens))
         return AccessResult(ins.node_ids, ins.created, hit_tiers, len(prefix), matched_tokens, ins.promoted,
                             ins.evictions)
@@ -641,8 +700,11 @@ class ReferenceTree:
     def stats(self) -> TreeStats:
         def per_tier(values):
             return dict(zip(self.tiers, values))
+        live = self._nodes.values()
+        interned = len({n.doc for n in live}) + len({n.ns for n in live})
         return TreeStats(len(self._nodes), per_tier(self._used), per_tier(self._cap), per_tier(self._evictions),
-                         per_tier(self._clock), self._lookups, self._hits, self._hit_tokens, self._lookup_tokens)
+                         per_tier(self._clock), self._lookups, self._hits, self._hit_tokens, self._lookup_tokens,
+                         interned)
 
     def check_invariants(self) -> List[str]:
         bad = []
