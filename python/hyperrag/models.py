@@ -29,7 +29,9 @@ class LLMModel:
     ``head_dim``, ``hidden_size``, ``intermediate_size`` (MLP width),
     ``vocab_size``, ``num_params`` (total parameters, embeddings included),
     ``tie_embeddings`` (the LM head shares the input embedding),
-    ``qkv_bias`` (Q/K/V projections have biases, as in Qwen 2.5).
+    ``qkv_bias`` (Q/K/V projections have biases, as in Qwen 2.5),
+    ``max_context`` (the context window in tokens, as published for the
+    model: prompt plus output must fit in it).
     """
 
     name: str
@@ -43,6 +45,7 @@ class LLMModel:
     num_params: int
     tie_embeddings: bool = False
     qkv_bias: bool = False
+    max_context: int = 131072
 
     # The 17 presets, assigned below the class.
     LLAMA_3_2_1B: ClassVar["LLMModel"]
@@ -142,11 +145,12 @@ class LLMModel:
         num_params: Optional[int] = None,
         tie_embeddings: bool = False,
         qkv_bias: bool = False,
+        max_context: int = 131072,
     ) -> "LLMModel":
         """A model that is not a preset. Defaults: num_kv_heads = num_heads (no
         GQA), head_dim = hidden_size / num_heads, intermediate_size = 4 x
-        hidden_size (rounded), num_params from the architecture. Raises
-        ValueError naming the offending field."""
+        hidden_size (rounded), num_params from the architecture, a 128k-token
+        context window. Raises ValueError naming the offending field."""
         _positive_int("num_heads", num_heads)
         _positive_int("hidden_size", hidden_size)
         if head_dim is None:
@@ -167,6 +171,7 @@ class LLMModel:
             num_params=1,  # placeholder, replaced below once the architecture is validated
             tie_embeddings=tie_embeddings,
             qkv_bias=qkv_bias,
+            max_context=max_context,
         )
         params = model.architecture_params() if num_params is None else num_params
         return cls(**{**model.__dict__, "num_params": params})
@@ -186,6 +191,7 @@ class LLMModel:
             vocab_size=config.vocab_size,
             tie_embeddings=bool(getattr(config, "tie_word_embeddings", False)),
             qkv_bias=bool(getattr(config, "attention_bias", False)),
+            max_context=int(getattr(config, "max_position_embeddings", None) or 131072),
         )
 
     @classmethod
@@ -212,32 +218,37 @@ def _normalize(name: str) -> str:
     return re.sub(r"[^a-z0-9]", "", name.lower())
 
 
-# (attribute, canonical name, layers, hidden, heads, kv_heads, head_dim, intermediate, vocab, params, tied, qkv_bias)
+# (attribute, canonical name, layers, hidden, heads, kv_heads, head_dim, intermediate, vocab, params, tied, qkv_bias,
+#  context window: the published one; Qwen 2.5 without YaRN scaling, Phi-3 in its 4k editions)
 _TABLE = [
-    ("LLAMA_3_2_1B", "llama-3.2-1b", 16, 2048, 32, 8, 64, 8192, 128256, 1_235_814_400, True, False),
-    ("LLAMA_3_2_3B", "llama-3.2-3b", 28, 3072, 24, 8, 128, 8192, 128256, 3_212_749_824, True, False),
-    ("LLAMA_3_1_8B", "llama-3.1-8b", 32, 4096, 32, 8, 128, 14336, 128256, 8_030_261_248, False, False),
-    ("LLAMA_3_1_70B", "llama-3.1-70b", 80, 8192, 64, 8, 128, 28672, 128256, 70_553_706_496, False, False),
-    ("LLAMA_3_1_405B", "llama-3.1-405b", 126, 16384, 128, 8, 128, 53248, 128256, 405_853_388_800, False, False),
-    ("MISTRAL_7B", "mistral-7b", 32, 4096, 32, 8, 128, 14336, 32768, 7_248_023_552, False, False),
-    ("MISTRAL_NEMO_12B", "mistral-nemo-12b", 40, 5120, 32, 8, 128, 14336, 131072, 12_247_782_400, False, False),
-    ("GEMMA_2_2B", "gemma-2-2b", 26, 2304, 8, 4, 256, 9216, 256000, 2_614_341_888, True, False),
-    ("GEMMA_2_9B", "gemma-2-9b", 42, 3584, 16, 8, 256, 14336, 256000, 9_241_705_984, True, False),
-    ("GEMMA_2_27B", "gemma-2-27b", 46, 4608, 32, 16, 128, 36864, 256000, 27_227_128_320, True, False),
-    ("QWEN_2_5_7B", "qwen-2.5-7b", 28, 3584, 28, 4, 128, 18944, 152064, 7_615_616_512, False, True),
-    ("QWEN_2_5_14B", "qwen-2.5-14b", 48, 5120, 40, 8, 128, 13824, 152064, 14_770_033_664, False, True),
-    ("QWEN_2_5_72B", "qwen-2.5-72b", 80, 8192, 64, 8, 128, 29568, 152064, 72_706_203_648, False, True),
+    ("LLAMA_3_2_1B", "llama-3.2-1b", 16, 2048, 32, 8, 64, 8192, 128256, 1_235_814_400, True, False, 131072),
+    ("LLAMA_3_2_3B", "llama-3.2-3b", 28, 3072, 24, 8, 128, 8192, 128256, 3_212_749_824, True, False, 131072),
+    ("LLAMA_3_1_8B", "llama-3.1-8b", 32, 4096, 32, 8, 128, 14336, 128256, 8_030_261_248, False, False, 131072),
+    ("LLAMA_3_1_70B", "llama-3.1-70b", 80, 8192, 64, 8, 128, 28672, 128256, 70_553_706_496, False, False, 131072),
+    ("LLAMA_3_1_405B", "llama-3.1-405b", 126, 16384, 128, 8, 128, 53248, 128256, 405_853_388_800, False, False,
+     131072),
+    ("MISTRAL_7B", "mistral-7b", 32, 4096, 32, 8, 128, 14336, 32768, 7_248_023_552, False, False, 32768),
+    ("MISTRAL_NEMO_12B", "mistral-nemo-12b", 40, 5120, 32, 8, 128, 14336, 131072, 12_247_782_400, False, False,
+     131072),
+    ("GEMMA_2_2B", "gemma-2-2b", 26, 2304, 8, 4, 256, 9216, 256000, 2_614_341_888, True, False, 8192),
+    ("GEMMA_2_9B", "gemma-2-9b", 42, 3584, 16, 8, 256, 14336, 256000, 9_241_705_984, True, False, 8192),
+    ("GEMMA_2_27B", "gemma-2-27b", 46, 4608, 32, 16, 128, 36864, 256000, 27_227_128_320, True, False, 8192),
+    ("QWEN_2_5_7B", "qwen-2.5-7b", 28, 3584, 28, 4, 128, 18944, 152064, 7_615_616_512, False, True, 32768),
+    ("QWEN_2_5_14B", "qwen-2.5-14b", 48, 5120, 40, 8, 128, 13824, 152064, 14_770_033_664, False, True, 32768),
+    ("QWEN_2_5_72B", "qwen-2.5-72b", 80, 8192, 64, 8, 128, 29568, 152064, 72_706_203_648, False, True, 32768),
     # The distills keep their base architectures (Qwen2.5-Math-7B, Llama-3.3-70B).
-    ("DEEPSEEK_R1_DISTILL_QWEN_7B", "deepseek-r1-distill-qwen-7b", 28, 3584, 28, 4, 128, 18944, 152064, 7_615_616_512, False, True),
-    ("DEEPSEEK_R1_DISTILL_LLAMA_70B", "deepseek-r1-distill-llama-70b", 80, 8192, 64, 8, 128, 28672, 128256, 70_553_706_496, False, False),
-    ("PHI_3_MINI", "phi-3-mini", 32, 3072, 32, 32, 96, 8192, 32064, 3_821_079_552, False, False),
-    ("PHI_3_MEDIUM", "phi-3-medium", 40, 5120, 40, 10, 128, 17920, 32064, 13_960_238_080, False, False),
+    ("DEEPSEEK_R1_DISTILL_QWEN_7B", "deepseek-r1-distill-qwen-7b", 28, 3584, 28, 4, 128, 18944, 152064,
+     7_615_616_512, False, True, 131072),
+    ("DEEPSEEK_R1_DISTILL_LLAMA_70B", "deepseek-r1-distill-llama-70b", 80, 8192, 64, 8, 128, 28672, 128256,
+     70_553_706_496, False, False, 131072),
+    ("PHI_3_MINI", "phi-3-mini", 32, 3072, 32, 32, 96, 8192, 32064, 3_821_079_552, False, False, 4096),
+    ("PHI_3_MEDIUM", "phi-3-medium", 40, 5120, 40, 10, 128, 17920, 32064, 13_960_238_080, False, False, 4096),
 ]
 
 _PRESETS: Dict[str, LLMModel] = {}
 _LOOKUP: Dict[str, LLMModel] = {}
-for _attr, _name, *_arch, _tied, _bias in _TABLE:
-    _model = LLMModel(_name, *_arch, tie_embeddings=_tied, qkv_bias=_bias)
+for _attr, _name, *_arch, _tied, _bias, _context in _TABLE:
+    _model = LLMModel(_name, *_arch, tie_embeddings=_tied, qkv_bias=_bias, max_context=_context)
     setattr(LLMModel, _attr, _model)
     _PRESETS[_name] = _model
     _LOOKUP[_normalize(_name)] = _model

@@ -90,6 +90,13 @@ class RAGOptimizeConfig:
             raise ValueError(f"host must be a HostSpec, got {type(self.host).__name__}")
         if not isinstance(self.efficiency, Efficiency):
             raise ValueError(f"efficiency must be an Efficiency, got {type(self.efficiency).__name__}")
+        tokens = self.top_k * workload.hops * self.doc_tokens + self.question_tokens + self.output_tokens
+        if tokens > self.model.max_context:
+            raise ValueError(
+                f"a query of top_k={self.top_k} x hops={workload.hops} documents of doc_tokens={self.doc_tokens}, "
+                f"question_tokens={self.question_tokens} and output_tokens={self.output_tokens} needs {tokens} tokens, "
+                f"more than model {self.model.name}'s context window of {self.model.max_context}; lower those or "
+                f"choose a model with a longer context")
         if self.host_budget_gb * GB > self.host.memory_bytes:
             raise ValueError(
                 f"host_budget_gb={self.host_budget_gb} exceeds host {self.host.name}'s memory "
