@@ -99,9 +99,18 @@ class EvictionAuditor:
 
     def lock(self, ids):
         self.cache.lock(ids)
+        self._locked(ids)
+
+    def _locked(self, ids):
         for i in ids:
             self.locks[i] = self.locks.get(i, 0) + 1
         self.max_locked = max(self.max_locked, sum(1 for v in self.locks.values() if v))
+
+    def match(self, *a, lock=False, **kw):
+        m = self.cache.match(*a, lock=lock, **kw)
+        if lock:
+            self._locked(m.node_ids)
+        return m
 
     def unlock(self, ids):
         self.cache.unlock(ids)
@@ -114,9 +123,11 @@ class EvictionAuditor:
             self.evicted += 1
         return evictions
 
-    def put(self, *a, **kw):
-        r = self.cache.put(*a, **kw)
+    def put(self, *a, lock=False, **kw):
+        r = self.cache.put(*a, lock=lock, **kw)
         self._audit(r.evictions)
+        if lock:
+            self._locked(r.node_ids)
         return r
 
     def promote(self, *a, **kw):
@@ -240,11 +251,17 @@ def test_failed_prefill_unlocks_and_inserts_nothing():
     assert ctrl.process(Query("next", "?", ["d1", "d2"], [100, 100])).cached_tokens == 200
 
 
-def test_inconsistent_document_length_is_a_clear_error():
+def test_a_document_resent_with_another_length_is_a_changed_document():
+    # The simulated engine has no text: a document's length is the content it knows.
     ctrl = make_ctrl()
-    ctrl.process(Query("a", "?", ["d1"], [100]))
-    with pytest.raises(ValueError, match="'d1' has 120 tokens but its cached KV has 100"):
-        ctrl.process(Query("b", "?", ["d1"], [120]))
+    ctrl.process(Query("a", "?", ["d1", "d2"], [100, 50]))
+    r = ctrl.process(Query("b", "?", ["d1", "d2"], [120, 50]))
+    assert not r.cache_hit and r.stored_docs == 2  # nothing of the old d1 (nor d2 below it) is reused
+    keys = {ctrl.cache.node(n).doc_id for n in ctrl.cache.tree.node_ids()}
+    assert keys == {"d1#n120", "d2#n50"}  # the old d1 and its subtree are gone
+    assert ctrl.metrics().stale_nodes_removed == 1
+    assert ctrl.process(Query("c", "?", ["d1"], [120])).cached_tokens == 120
+    assert ctrl.cache.tree.check_invariants() == []
 
 
 def _reorder_batch():

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from hyperrag import RAGOptimize, RAGOptimizeConfig
+from hyperrag.cache import document_id
 from hyperrag.engines.base import PrefillRequest
 from hyperrag.serve.query import Query
 from engine_fixtures import short_corpus_texts, tiny_model_dir, tiny_texts  # noqa: F401
@@ -240,7 +241,7 @@ def test_staged_speculation_kept_and_discarded(tiny_model_dir, tiny_texts):
                          output_tokens=1)  # the final prefill goes through engine.prefill (logged)
     assert r.speculative and not r.speculation_kept and r.wasted_prefill_s > 0
     assert ("prefill", interim) in log[:-1] and log[-1] == ("prefill", final)  # the final one after it
-    stored = {c.cache.tree.node(n).doc_id for n in set(c.cache.tree.node_ids()) - nodes}
+    stored = {document_id(c.cache.tree.node(n).doc_id) for n in set(c.cache.tree.node_ids()) - nodes}
     assert stored == {d[6], d[7]}  # nothing of the discarded path (d[4], d[5])
     assert r.matched_docs == 1 and r.stored_docs == 2
     assert r.output_token_ids == fresh(engine, make_query(engine, tiny_texts, final, "Why?", "ref2"), tokens=1).token_ids

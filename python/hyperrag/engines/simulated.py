@@ -8,6 +8,7 @@ does with the cache (match, lock, insert, evict, move blocks) stays real.
 from __future__ import annotations
 
 import hashlib
+from typing import Optional
 
 from hyperrag.engines.base import DocumentKV, Engine, PrefillRequest, PrefillResult
 
@@ -26,13 +27,16 @@ class SimulatedEngine(Engine):
     preemptible = True    # a modelled prefill can be stopped part-way (stale speculation)
 
     def __init__(self, cost_model, kv_bytes_per_token: int, model_name: str = "model",
-                 question_tokens: int = 32, batch_size: int = 1):
+                 question_tokens: int = 32, batch_size: int = 1, max_context: Optional[int] = None):
         if int(kv_bytes_per_token) <= 0:
             raise ValueError(f"kv_bytes_per_token must be positive, got {kv_bytes_per_token!r}")
         if int(question_tokens) < 0:
             raise ValueError(f"question_tokens must be >= 0, got {question_tokens!r}")
         if int(batch_size) <= 0:
             raise ValueError(f"batch_size must be positive, got {batch_size!r}")
+        if max_context is not None and int(max_context) <= 0:
+            raise ValueError(f"max_context must be a positive number of tokens or None, got {max_context!r}")
+        self.max_context = None if max_context is None else int(max_context)
         self.cost_model = cost_model
         self.kv_bytes_per_token = int(kv_bytes_per_token)
         self.model_name = model_name
@@ -45,6 +49,9 @@ class SimulatedEngine(Engine):
 
     def kv_bytes(self, tokens: int) -> int:
         return int(tokens) * self.kv_bytes_per_token
+
+    def prompt_tokens(self, doc_tokens, doc_texts, question, system_prompt) -> int:
+        return sum(int(t) for t in doc_tokens) + self.question_tokens
 
     def prefill(self, request: PrefillRequest) -> PrefillResult:
         n_cached = len(request.cached)
@@ -59,6 +66,9 @@ class SimulatedEngine(Engine):
             new_kv=[DocumentKV(doc_id=d, tokens=int(t), nbytes=self.kv_bytes(t)) for d, t in new_docs],
             question_tokens=self.question_tokens,
         )
+
+    def estimate_question_tokens(self, question: str) -> int:
+        return self.question_tokens
 
     def prefill_seconds(self, cached_tokens: int, new_tokens: int) -> float:
         if new_tokens <= 0:

@@ -28,7 +28,8 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from .base import DocumentKV, Engine, PrefillCancelled, PrefillRequest, PrefillResult
+from ..cache.identity import token_fingerprint
+from .base import DocumentKV, Engine, GenerateResult, PrefillCancelled, PrefillRequest, PrefillResult
 
 _DTYPES = ("bfloat16", "float16", "float32")
 
@@ -53,21 +54,17 @@ class PromptFormat:
         return PromptFormat(system="{text}\n\n", document="Document: {text}\n\n", question="Question: {text}\nAnswer:")
 
 
-@dataclass
-class GenerateResult:
-    prefill: PrefillResult
-    token_ids: list          # greedy tokens, the first one is prefill.first_token_id
-    decode_seconds: float
-
-
 class TransformersEngine(Engine):
     """Runs a causal LM (batch 1) on top of cached per-document KV.
 
     Thread-safety: one forward pass at a time per engine (an internal lock);
-    requests from several threads are serialized, never interleaved.
+    requests from several threads are serialized, never interleaved. The
+    tokenization memo has its own lock, so checks run beside a forward pass.
     """
 
     name = "transformers"
+    decodes = True
+    tokenizes = True
 
     def __init__(
         self,
@@ -110,10 +107,12 @@ class TransformersEngine(Engine):
         self.num_kv_heads = cfg.num_key_value_heads
         self.head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
         self.max_positions = cfg.max_position_embeddings
+        self.max_context = self.max_positions
         self._elem = torch.empty((), dtype=self.torch_dtype).element_size()
         resolved = Path(self.model.name_or_path).resolve()
         self.model_id = f"{resolved.name}-{hashlib.sha1(str(resolved).encode()).hexdigest()[:8]}-{dtype}"
         self._lock = threading.Lock()
+        self._memo_lock = threading.Lock()
         self._max_system = max_system_prompts
         self._system_kv: "OrderedDict[str, tuple[int, list]]" = OrderedDict()
         self._doc_ids_cache: "OrderedDict[str, list[int]]" = OrderedDict()
@@ -129,13 +128,26 @@ class TransformersEngine(Engine):
 
     def document_ids(self, text: str) -> list:
         """Token ids of one document part (memoized: documents repeat)."""
-        ids = self._doc_ids_cache.get(text)
+        with self._memo_lock:
+            ids = self._doc_ids_cache.get(text)
         if ids is None:
             ids = self._encode(self.format.document.format(text=text))
-            self._doc_ids_cache[text] = ids
-            if len(self._doc_ids_cache) > 4096:
-                self._doc_ids_cache.popitem(last=False)
+            with self._memo_lock:
+                self._doc_ids_cache[text] = ids
+                if len(self._doc_ids_cache) > 4096:
+                    self._doc_ids_cache.popitem(last=False)
         return ids
+
+    def document_fingerprints(self, doc_tokens, doc_texts) -> list:
+        """Hash of each document part's exact token ids (its text in this engine's template)."""
+        if doc_texts is None:
+            raise ValueError("doc_texts is required by the transformers engine (one text per doc_id)")
+        return [token_fingerprint(self.document_ids(text)) for text in doc_texts]
+
+    def prompt_tokens(self, doc_tokens, doc_texts, question, system_prompt) -> int:
+        system = self._encode(self.format.system.format(text=system_prompt or self.system_prompt), special=True)
+        question_ids = self._encode(self.format.question.format(text=question))
+        return len(system) + sum(len(self.document_ids(t)) for t in doc_texts) + len(question_ids)
 
     def count_tokens(self, text: str) -> int:
         """Tokens a document occupies in the prompt: use it for doc_tokens."""
@@ -173,11 +185,11 @@ class TransformersEngine(Engine):
             start = time.perf_counter()
             sys_len, sys_kv = self._system(request.namespace, system_prompt)
             total = sys_len + sum(len(p) for p in doc_parts) + len(question_ids)
-            if total > self.max_positions:
+            if total + max_new_tokens - 1 > self.max_positions:  # the last token is sampled, never fed back
                 raise ValueError(
                     f"prompt of {total} tokens (system {sys_len}, documents "
-                    f"{[len(p) for p in doc_parts]}, question {len(question_ids)}) exceeds the model's "
-                    f"context window max_position_embeddings={self.max_positions}"
+                    f"{[len(p) for p in doc_parts]}, question {len(question_ids)}) plus {max_new_tokens} new tokens "
+                    f"exceeds the model's context window max_position_embeddings={self.max_positions}"
                 )
             m = len(request.cached)
             load_start = time.perf_counter()
@@ -251,6 +263,9 @@ class TransformersEngine(Engine):
                 f"doc_ids ({n}), doc_tokens ({len(doc_tokens)}) and doc_texts "
                 f"({len(doc_texts)}) must have the same length"
             )
+        for i, text in enumerate(doc_texts):
+            if not isinstance(text, str):
+                raise ValueError(f"doc_texts[{i}] ({doc_ids[i]!r}) must be a str, got {type(text).__name__}")
         parts = [self.document_ids(text) for text in doc_texts]
         for i, part in enumerate(parts):
             if len(part) >= self.max_positions:

@@ -43,6 +43,7 @@ from ..costmodel import (EncoderCostModel, LLMCostModel, RerankerCostModel, Retr
                          RewriterCostModel, check_tensor_parallel)
 from ..hardware import GB
 from ..models import LLMModel
+from ..serve.build import build_controller
 from .config import USABLE_MEMORY, RAGOptimizeConfig
 
 GPU_COUNTS = (1, 2, 4)
@@ -370,11 +371,11 @@ class RAGOptimize:
         return self.result
 
     def build_controller(self, engine: str = "simulated", **kwargs):
-        """A RAGServeController for the best schedule (runs optimize() first if needed)."""
-        from ..serve.build import build_controller
-
-        result = self.result or self.optimize()
-        return build_controller(self.config, result.best, engine=engine, **kwargs)
+        """A RAGServeController for the best schedule (runs optimize() first if needed), its
+        retrieval, rewriter and reranker stages timed by this config's cost models."""
+        best = (self.result or self.optimize()).best
+        stages = paradigm_stage_seconds(self.config, best.num_gpus, best.placement)
+        return build_controller(self.config, best, engine=engine, stage_seconds=stages, **kwargs)
 
 
 def paradigm_stage_seconds(config: RAGOptimizeConfig, num_gpus: int = 1, placement: str = "collocated") -> Dict[str, float]:

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Callable, Dict, Iterable, List, Optional, Sequence
 
 from hyperrag import workloads as W
-from hyperrag.serve.build import GB, build_controller
+from hyperrag.serve.build import GB
 
 POLICIES = ("pgdsf", "gdsf", "lru", "lfu")
 CAPACITY_FRACTIONS = (0.01, 0.02, 0.05, 0.1, 0.2, 0.5)
@@ -28,11 +28,12 @@ BENCH_BLOCK_BYTES = 4 << 10
 
 
 def plan(paradigm: str, seed: int = 0):
-    """(config, schedule): the planner's default config for the paradigm and its best schedule."""
+    """The planner for the paradigm's default config, its best schedule found."""
     from hyperrag.plan import RAGOptimize, RAGOptimizeConfig
 
     rago = RAGOptimize(RAGOptimizeConfig(paradigm=paradigm, seed=seed))
-    return rago.config, rago.optimize().best
+    rago.optimize()
+    return rago
 
 
 def workload(config, num_queries: int, seed: int, qps: Optional[float] = None, zipf_alpha: Optional[float] = None):
@@ -41,7 +42,7 @@ def workload(config, num_queries: int, seed: int, qps: Optional[float] = None, z
                                       zipf_alpha=zipf_alpha))
 
 
-def arrival_rate(config, schedule, queries, load: float) -> float:
+def arrival_rate(rago, queries, load: float) -> float:
     """Poisson rate at which the no-cache baseline's busiest resource is ``load`` busy.
 
     Engine work of a query = sum over hops of a full prefill of its prompt so
@@ -49,7 +50,7 @@ def arrival_rate(config, schedule, queries, load: float) -> float:
     """
     if not 0 < load < 1:
         raise ValueError(f"load must be in (0, 1), got {load!r}")
-    ctrl = build_controller(config, schedule, use_cache=False)
+    ctrl = rago.build_controller(use_cache=False)
     engine, timing = ctrl.engine, ctrl.timing
     engine_s = retrieval_s = 0.0
     for q in queries:
@@ -60,14 +61,15 @@ def arrival_rate(config, schedule, queries, load: float) -> float:
     return load / busiest
 
 
-def run(config, schedule, queries, **controller_kwargs) -> Dict[str, float]:
+def run(rago, queries, **controller_kwargs) -> Dict[str, float]:
     """Serve ``queries`` on a fresh controller; its metrics plus the wall time of the run."""
+    config = rago.config
     if controller_kwargs.get("use_cache", True):
-        budget = (controller_kwargs.get("gpu_bytes") or config.gpu_budget_gb * GB) + (
-            controller_kwargs.get("host_bytes") or config.host_budget_gb * GB)
+        gpu, host = (controller_kwargs.get(f"{t}_bytes") for t in ("gpu", "host"))
+        budget = (config.gpu_budget_gb * GB if gpu is None else gpu) + (config.host_budget_gb * GB if host is None else host)
         controller_kwargs.setdefault("storage_scale", max(1, math.ceil(budget / BENCH_POOL_BYTES)))
         controller_kwargs.setdefault("block_bytes", BENCH_BLOCK_BYTES)
-    ctrl = build_controller(config, schedule, **controller_kwargs)
+    ctrl = rago.build_controller(**controller_kwargs)
     t0 = time.perf_counter()
     ctrl.process_batch(queries)
     out = ctrl.metrics().as_dict()
@@ -96,17 +98,18 @@ def bench_paradigms(paradigms: Sequence[str], num_queries: int, repeats: int = 3
     with bar:
         task = bar.add_task("paradigms", total=len(paradigms) * repeats * 2)
         for p in paradigms:
-            config, schedule = plan(p)
+            rago = plan(p)
+            config, schedule = rago.config, rago.result.best
             per_seed = []
             for seed in range(repeats):
                 qs0 = workload(config, num_queries, seed, zipf_alpha=zipf_alpha)
-                qps = arrival_rate(config, schedule, qs0, load)
+                qps = arrival_rate(rago, qs0, load)
                 qs = workload(config, num_queries, seed, qps=qps, zipf_alpha=zipf_alpha)
                 bar.update(task, description=f"{p} seed {seed}: baseline")
-                base = run(config, schedule, qs, use_cache=False, reorder=False, speculative=False)
+                base = run(rago, qs, use_cache=False, reorder=False, speculative=False)
                 bar.advance(task)
                 bar.update(task, description=f"{p} seed {seed}: hyperrag")
-                hyper = run(config, schedule, qs)
+                hyper = run(rago, qs)
                 bar.advance(task)
                 per_seed.append({
                     "qps": qps,
@@ -134,7 +137,8 @@ def bench_policies(paradigm: str, num_queries: int, repeats: int = 3, load: floa
     The GPU:host split follows the config's budgets. The working set is the
     KV of every distinct document path of the trace (an unbounded tree).
     """
-    config, schedule = plan(paradigm)
+    rago = plan(paradigm)
+    config = rago.config
     kvb = config.model.kv_bytes_per_token()
     gpu_share = config.gpu_budget_gb / (config.gpu_budget_gb + config.host_budget_gb)
     runs: Dict[tuple, List[dict]] = {}
@@ -143,14 +147,14 @@ def bench_policies(paradigm: str, num_queries: int, repeats: int = 3, load: floa
         task = bar.add_task("policies", total=repeats * len(fractions) * len(policies))
         for seed in range(repeats):
             qs0 = workload(config, num_queries, seed, zipf_alpha=zipf_alpha)
-            qps = arrival_rate(config, schedule, qs0, load)
+            qps = arrival_rate(rago, qs0, load)
             qs = workload(config, num_queries, seed, qps=qps, zipf_alpha=zipf_alpha)
             working_set = W.working_set_bytes(qs, kvb)
             for f in fractions:
                 for policy in policies:
                     bar.update(task, description=f"seed {seed} {f:.0%} {policy}")
                     total_bytes = f * working_set
-                    m = run(config, schedule, qs, policy=policy, gpu_bytes=int(total_bytes * gpu_share),
+                    m = run(rago, qs, policy=policy, gpu_bytes=int(total_bytes * gpu_share),
                             host_bytes=int(total_bytes * (1 - gpu_share)))
                     m["working_set_gib"] = working_set / (1 << 30)
                     runs.setdefault((f, policy), []).append(m)
@@ -182,17 +186,18 @@ def bench_ablations(paradigms: Sequence[str], num_queries: int, repeats: int = 3
     with bar:
         task = bar.add_task("ablations", total=len(paradigms) * len(loads) * repeats * len(ABLATIONS))
         for p in paradigms:
-            config, schedule = plan(p)
+            rago = plan(p)
+            config = rago.config
             for load in loads:
                 per: Dict[str, List[dict]] = {name: [] for name in ABLATIONS}
                 for seed in range(repeats):
                     qs0 = workload(config, num_queries, seed, zipf_alpha=zipf_alpha)
-                    qps = arrival_rate(config, schedule, qs0, load)
+                    qps = arrival_rate(rago, qs0, load)
                     qs = workload(config, num_queries, seed, qps=qps, zipf_alpha=zipf_alpha)
                     full = None
                     for name, kw in ABLATIONS.items():
                         bar.update(task, description=f"{p} load {load} seed {seed}: {name}")
-                        m = run(config, schedule, qs, **kw)
+                        m = run(rago, qs, **kw)
                         full = full or m
                         m["ttft_vs_hyperrag"] = m["mean_ttft_s"] / full["mean_ttft_s"]
                         per[name].append(m)

@@ -1,4 +1,9 @@
-"""Build a RAGServeController from the planner's config and chosen schedule."""
+"""Build a RAGServeController from the planner's config and chosen schedule.
+
+The one wiring module: RAGOptimize.build_controller delegates here, passing the
+paradigm's stage timings it computed, so this module never imports the
+planner (the dependency runs plan -> serve only).
+"""
 from __future__ import annotations
 
 import math
@@ -15,15 +20,18 @@ KV_LINK = "pcie"  # host -> gpu loads of cached KV
 RETRIEVAL_STAGES = 4  # IVF probes split into this many stages, as RAGCache does
 
 
-def build_controller(config, schedule, engine: str = "simulated", **kwargs) -> RAGServeController:
+def build_controller(config, schedule, engine: str = "simulated", *, stage_seconds: Optional[dict] = None,
+                     **kwargs) -> RAGServeController:
     """A controller serving ``config``'s workload with ``schedule``'s resources.
 
     engine: "simulated" (times from the cost model, all cache operations
-    real) or "transformers" (needs ``model_path=``). Keyword arguments:
-    ``use_cache`` (False: no KV reuse, the baseline), ``reorder``,
-    ``speculative``, ``speculative_pool``, ``starvation_window_s``,
-    ``policy``, ``gpu_bytes`` / ``host_bytes`` (override the budgets),
-    ``storage_scale``, ``block_bytes``; the transformers engine also takes
+    real) or "transformers" (needs ``model_path=``). stage_seconds: per-query
+    seconds of the paradigm's "retrieval", "rewriter" and "reranker" stages
+    (RAGOptimize.build_controller computes them; None: no modelled stages).
+    Keyword arguments: ``use_cache`` (False: no KV reuse, the baseline),
+    ``reorder``, ``speculative``, ``speculative_pool``, ``starvation_window_s``,
+    ``policy``, ``gpu_bytes`` / ``host_bytes`` (override the budgets; 0 means
+    no such tier), ``storage_scale``, ``block_bytes``; the transformers engine also takes
     ``model_path`` (a local Hugging Face directory or "smollm2"),
     ``engine_kwargs`` (passed to TransformersEngine) and
     ``default_output_tokens`` (greedy answer length when a Query does not set
@@ -35,7 +43,7 @@ def build_controller(config, schedule, engine: str = "simulated", **kwargs) -> R
         raise ValueError(f"engine {engine!r} is unknown; allowed: {', '.join(ENGINES)}")
     if engine == "transformers":
         return _build_transformers(config, schedule, **kwargs)
-    return _build_simulated(config, schedule, **kwargs)
+    return _build_simulated(config, schedule, stage_seconds or {}, **kwargs)
 
 
 def _controller_options(kwargs: dict) -> dict:
@@ -43,22 +51,30 @@ def _controller_options(kwargs: dict) -> dict:
             if k in kwargs}
 
 
-def _make_cache(config, profile, kv_bytes_per_token: int, simulated: bool, kwargs: dict):
+def _budget(kwargs: dict, name: str, default_bytes: float) -> int:
+    value = kwargs.pop(name, None)
+    if value is None:
+        return int(default_bytes)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"{name} must be a whole number of bytes >= 0 (0: no such tier), got {value!r}")
+    return value
+
+
+def _make_cache(config, profile, simulated: bool, kwargs: dict):
     from hyperrag.cache import KVCache
 
-    gpu = int(kwargs.pop("gpu_bytes", None) or config.gpu_budget_gb * GB)
-    host = int(kwargs.pop("host_bytes", None) or config.host_budget_gb * GB)
-    capacities = {"gpu": gpu}
-    if host > 0:
-        capacities["host"] = host
+    gpu = _budget(kwargs, "gpu_bytes", config.gpu_budget_gb * GB)
+    host = _budget(kwargs, "host_bytes", config.host_budget_gb * GB)
+    capacities = {tier: nbytes for tier, nbytes in (("gpu", gpu), ("host", host)) if nbytes > 0}
+    if not capacities:
+        raise ValueError("gpu_bytes and host_bytes are both 0: no tier to cache in; pass use_cache=False "
+                         "to serve without a cache")
     policy = kwargs.pop("policy", None) or config.policy
     scale = kwargs.pop("storage_scale", None)
     if scale is None:
         scale = max(1, math.ceil((gpu + host) / SIM_POOL_BYTES)) if simulated else 1
-    extra = {}
-    if "block_bytes" in kwargs:
-        extra["block_bytes"] = int(kwargs.pop("block_bytes"))
-    return KVCache(capacities=capacities, policy=policy, profile=profile, storage_scale=int(scale), **extra)
+    extra = {"block_bytes": kwargs.pop("block_bytes")} if "block_bytes" in kwargs else {}
+    return KVCache(capacities=capacities, policy=policy, profile=profile, storage_scale=scale, **extra)
 
 
 def _llm_cost(config, schedule):
@@ -80,37 +96,40 @@ def _cost_profile(cost):
     return CostProfile(list(cached), list(new), [list(row) for row in seconds])
 
 
-def _timing(config, schedule, cost) -> PipelineTiming:
+def _timing(config, stages: dict, cost) -> PipelineTiming:
     """Stage times of the paradigm on the schedule (planner's cost models); the search is split
     into stages so that speculation can start on interim results."""
-    from hyperrag.plan import paradigm_stage_seconds
-
-    stages = paradigm_stage_seconds(config, schedule.num_gpus, schedule.placement)
+    retrieval = stages.get("retrieval", 0.0)
     return PipelineTiming(
-        retrieval_s=stages["retrieval"],
-        retrieval_stages=RETRIEVAL_STAGES if stages["retrieval"] > 0 else 1,
-        rewriter_s=stages["rewriter"],
-        reranker_s=stages["reranker"],
+        retrieval_s=retrieval,
+        retrieval_stages=RETRIEVAL_STAGES if retrieval > 0 else 1,
+        rewriter_s=stages.get("rewriter", 0.0),
+        reranker_s=stages.get("reranker", 0.0),
         hop_decode_tokens=config.workload.hop_decode_tokens,
         kv_load_seconds=lambda nbytes: cost.kv_load_seconds(nbytes, KV_LINK),
         seed=int(config.seed),
     )
 
 
-def _build_simulated(config, schedule, **kwargs) -> RAGServeController:
+def _build_simulated(config, schedule, stages: dict, **kwargs) -> RAGServeController:
     from hyperrag.engines.simulated import SimulatedEngine
 
     options = _controller_options(kwargs)
     use_cache = kwargs.pop("use_cache", True)
     cost = _llm_cost(config, schedule)
     kvb = config.model.kv_bytes_per_token(config.dtype_bytes)
-    engine = SimulatedEngine(cost, kvb, model_name=config.model.name, question_tokens=config.question_tokens)
-    cache = _make_cache(config, _cost_profile(cost), kvb, True, kwargs) if use_cache else None
-    timing = kwargs.pop("timing", None) or _timing(config, schedule, cost)
+    engine = SimulatedEngine(cost, kvb, model_name=config.model.name, question_tokens=config.question_tokens,
+                             max_context=config.model.max_context)
+    cache = _make_cache(config, _cost_profile(cost), True, kwargs) if use_cache else None
+    timing = kwargs.pop("timing", None) or _timing(config, stages, cost)
     if kwargs:
         raise TypeError(f"build_controller got unexpected arguments: {', '.join(sorted(kwargs))}")
     return RAGServeController(engine, cache, timing, config=config, schedule=schedule,
-                              default_output_tokens=config.output_tokens, **options)
+                              default_output_tokens=config.output_tokens, insert_tier=_fastest(cache), **options)
+
+
+def _fastest(cache) -> str:
+    return cache.tiers[0] if cache is not None else "gpu"
 
 
 def _engine_cost(config, engine):
@@ -128,8 +147,9 @@ def _engine_cost(config, engine):
 
 def _build_transformers(config, schedule, **kwargs) -> RAGServeController:
     model_path = kwargs.pop("model_path", None)
-    if not model_path:
-        raise ValueError("engine='transformers' needs model_path= (a local Hugging Face directory or 'smollm2')")
+    if not model_path or not isinstance(model_path, str):
+        raise ValueError("engine='transformers' needs model_path= (a local Hugging Face directory or 'smollm2'), "
+                         f"got {model_path!r}")
     from hyperrag.engines.transformers_engine import TransformersEngine
 
     options = _controller_options(kwargs)
@@ -137,11 +157,11 @@ def _build_transformers(config, schedule, **kwargs) -> RAGServeController:
     engine = TransformersEngine(model_path=model_path, **kwargs.pop("engine_kwargs", {}))
     cache = None
     if use_cache:
-        cache = _make_cache(config, _cost_profile(_engine_cost(config, engine)), engine.kv_bytes(1), False, kwargs)
+        cache = _make_cache(config, _cost_profile(_engine_cost(config, engine)), False, kwargs)
     # Real queries run one at a time on the one engine: no modelled retrieval stages.
     timing = kwargs.pop("timing", None) or PipelineTiming(seed=int(config.seed))
-    output_tokens = int(kwargs.pop("default_output_tokens", config.output_tokens))
+    output_tokens = kwargs.pop("default_output_tokens", config.output_tokens)
     if kwargs:
         raise TypeError(f"build_controller got unexpected arguments: {', '.join(sorted(kwargs))}")
     return RAGServeController(engine, cache, timing, config=config, schedule=schedule,
-                              default_output_tokens=output_tokens, **options)
+                              default_output_tokens=output_tokens, insert_tier=_fastest(cache), **options)

@@ -1,6 +1,7 @@
 """Queries and per-query results of the serving controller."""
 from __future__ import annotations
 
+import numbers
 from dataclasses import dataclass, field
 from typing import Dict, Optional, Sequence, Tuple
 
@@ -29,47 +30,57 @@ class Query:
     output_tokens: Optional[int] = None  # answer length; None: the controller's default
 
     def validate(self) -> None:
-        """Raise ValueError naming the bad field; called before the cache is touched."""
+        """Raise ValueError naming the bad field and what it allows; called before the cache is touched."""
         if not isinstance(self.query_id, str) or not self.query_id:
             raise ValueError(f"query_id must be a non-empty string, got {self.query_id!r}")
-        if isinstance(self.doc_ids, str) or isinstance(self.doc_tokens, (str, bytes)):
-            raise ValueError(f"query {self.query_id!r}: doc_ids and doc_tokens must be sequences, not strings")
+        where = f"query {self.query_id!r}"
+
+        def bad(field_name: str, allowed: str, value) -> ValueError:
+            return ValueError(f"{where}: {field_name} must be {allowed}, got {_short(value)}")
+
+        if not isinstance(self.text, str):
+            raise bad("text", "a str (the question)", self.text)
+        if not isinstance(self.system_prompt, str):
+            raise bad("system_prompt", "a str", self.system_prompt)
+        for name in ("doc_ids", "doc_tokens"):
+            if not _is_sequence(getattr(self, name)):
+                raise bad(name, "a list", getattr(self, name))
         ids, toks = list(self.doc_ids), list(self.doc_tokens)
         if not ids:
-            raise ValueError(f"query {self.query_id!r}: doc_ids is empty; a query needs at least one document")
+            raise ValueError(f"{where}: doc_ids is empty; a query needs at least one document")
         if len(ids) != len(toks):
-            raise ValueError(
-                f"query {self.query_id!r}: len(doc_ids)={len(ids)} != len(doc_tokens)={len(toks)}"
-            )
+            raise ValueError(f"{where}: len(doc_ids)={len(ids)} != len(doc_tokens)={len(toks)}")
         for d in ids:
             if not isinstance(d, str) or not d:
-                raise ValueError(f"query {self.query_id!r}: doc_ids must be non-empty strings, got {d!r}")
+                raise bad("doc_ids", "non-empty strings", d)
         if len(set(ids)) != len(ids):
-            raise ValueError(f"query {self.query_id!r}: doc_ids contains duplicates: {ids}")
+            raise ValueError(f"{where}: doc_ids contains duplicates: {ids}")
         for t in toks:
-            if isinstance(t, bool) or not _is_integral(t) or int(t) <= 0:
-                raise ValueError(f"query {self.query_id!r}: doc_tokens must be positive integers, got {t!r}")
-        if self.doc_texts is not None and len(self.doc_texts) != len(ids):
-            raise ValueError(
-                f"query {self.query_id!r}: len(doc_texts)={len(self.doc_texts)} != len(doc_ids)={len(ids)}"
-            )
-        if not (self.arrival_s >= 0.0):  # also rejects NaN
-            raise ValueError(f"query {self.query_id!r}: arrival_s must be >= 0, got {self.arrival_s!r}")
-        if self.output_tokens is not None and (not _is_integral(self.output_tokens) or self.output_tokens < 0):
-            raise ValueError(f"query {self.query_id!r}: output_tokens must be >= 0, got {self.output_tokens!r}")
+            if not _is_int(t) or not 0 < t <= MAX_DOC_TOKENS:
+                raise bad("doc_tokens", f"positive integers (at most {MAX_DOC_TOKENS})", t)
+        if self.doc_texts is not None:
+            if not _is_sequence(self.doc_texts) or len(self.doc_texts) != len(ids):
+                raise ValueError(f"{where}: doc_texts must be None or a list of len(doc_ids)={len(ids)} str, "
+                                 f"got {_short(self.doc_texts)}")
+            for text in self.doc_texts:
+                if not isinstance(text, str):
+                    raise bad("doc_texts", "strings (one text per document)", text)
+        if isinstance(self.arrival_s, bool) or not isinstance(self.arrival_s, numbers.Real) \
+                or not 0.0 <= self.arrival_s <= MAX_ARRIVAL_S:  # also rejects NaN and inf
+            raise bad("arrival_s", f"a number of seconds in [0, {MAX_ARRIVAL_S:g}]", self.arrival_s)
+        if self.output_tokens is not None and (not _is_int(self.output_tokens)
+                                               or not 0 <= self.output_tokens <= MAX_OUTPUT_TOKENS):
+            raise bad("output_tokens", f"None or an integer in [0, {MAX_OUTPUT_TOKENS}]", self.output_tokens)
         if self.hops is not None:
-            hops = list(self.hops)
-            if not hops or any(int(h) <= 0 for h in hops) or sum(hops) != len(ids):
-                raise ValueError(
-                    f"query {self.query_id!r}: hops must be positive counts summing to len(doc_ids)={len(ids)}, "
-                    f"got {hops}"
-                )
+            hops = list(self.hops) if _is_sequence(self.hops) else None
+            if not hops or not all(_is_int(h) and h > 0 for h in hops) or sum(hops) != len(ids):
+                raise bad("hops", f"positive integers summing to len(doc_ids)={len(ids)}", self.hops)
         if self.interim_doc_ids is not None:
+            if not _is_sequence(self.interim_doc_ids):
+                raise bad("interim_doc_ids", "a list of lists of document ids", self.interim_doc_ids)
             for stage in self.interim_doc_ids:
-                if isinstance(stage, str) or not all(isinstance(d, str) and d for d in stage):
-                    raise ValueError(
-                        f"query {self.query_id!r}: interim_doc_ids must be lists of document ids, got {stage!r}"
-                    )
+                if not _is_sequence(stage) or not all(isinstance(d, str) and d for d in stage):
+                    raise bad("interim_doc_ids", "lists of document ids", stage)
 
     def hop_bounds(self) -> Tuple[int, ...]:
         """End index into doc_ids of each retrieval hop."""
@@ -81,11 +92,25 @@ class Query:
         return tuple(ends)
 
 
-def _is_integral(x) -> bool:
-    try:
-        return int(x) == x
-    except (TypeError, ValueError):
-        return False
+# Bounds that keep the arithmetic of a query meaningful before any model window is known
+# (the engine then checks prompt + output against its own window).
+MAX_DOC_TOKENS = 1 << 24
+MAX_OUTPUT_TOKENS = 1 << 20
+MAX_ARRIVAL_S = 1e6  # an arrival offset within one call; larger ones lose sub-millisecond precision
+
+
+def _is_int(x) -> bool:
+    return isinstance(x, numbers.Integral) and not isinstance(x, bool)
+
+
+def _is_sequence(x) -> bool:
+    return isinstance(x, (list, tuple)) or (hasattr(x, "__len__") and hasattr(x, "__getitem__")
+                                            and not isinstance(x, (str, bytes, dict)))
+
+
+def _short(value) -> str:
+    r = repr(value)
+    return r if len(r) <= 80 else r[:77] + "..."
 
 
 @dataclass

@@ -1,0 +1,187 @@
+"""The controller's cache transactions, coded against the CacheBackend protocol.
+
+A job (one prefill of a document path) touches the cache in three steps, each
+atomic inside the cache, so many jobs of many threads interleave safely:
+
+1. lookup: the longest cached prefix of the path is matched and locked in one
+   call; locked nodes are never evicted, so their KV stays readable.
+2. load: hits in a slower tier are promoted (copied) to the insert tier when it
+   has room, and their payloads read.
+3. commit: the new documents are stored with the whole path locked in the same
+   call, their compute recorded and the hits touched; then every lock of the job
+   is released.
+
+Documents are keyed by their content (hyperrag.cache.identity): a document id
+whose content changed gets a new key, and the old key's nodes are dropped.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, List, Optional, Protocol, Sequence, Tuple, runtime_checkable
+
+from hyperrag.cache import CapacityError, StorageError, document_key
+from hyperrag.engines.base import DocumentKV, Engine
+
+TIER_ORDER = ("gpu", "host", "remote")  # fastest first
+
+
+@runtime_checkable
+class CacheBackend(Protocol):
+    """What the controller needs from a cache (hyperrag.cache.KVCache implements it).
+    Every method must be safe to call from many threads."""
+
+    tiers: Sequence[str]
+
+    def match(self, namespace: str, doc_ids: Sequence[str], doc_tokens: Optional[Sequence[int]] = None,
+              lock: bool = False) -> Any: ...
+
+    def put(self, namespace: str, doc_ids: Sequence[str], doc_tokens: Sequence[int], doc_bytes: Sequence[int],
+            payloads: Optional[Sequence[Any]] = None, tier: str = "gpu", lock: bool = False) -> Any: ...
+
+    def get(self, node_id: int) -> Any: ...
+
+    def promote(self, node_ids: Sequence[int], tier: str = "gpu") -> Any: ...
+
+    def unlock(self, node_ids: Sequence[int]) -> None: ...
+
+    def touch(self, node_ids: Sequence[int]) -> None: ...
+
+    def record_compute(self, node_ids: Sequence[int], cached_tokens: int, new_tokens: int) -> None: ...
+
+    def track_version(self, doc_id: str, key: str) -> int: ...
+
+    def node(self, node_id: int) -> Any: ...
+
+    def stats(self) -> Any: ...
+
+
+@dataclass
+class Lookup:
+    """The locked cached prefix of a job's path: per matched document its node id,
+    fastest tier when matched and tokens."""
+
+    node_ids: List[int] = field(default_factory=list)
+    tiers: List[str] = field(default_factory=list)
+    tokens: List[int] = field(default_factory=list)
+
+    @property
+    def matched_docs(self) -> int:
+        return len(self.node_ids)
+
+    @property
+    def matched_tokens(self) -> int:
+        return sum(self.tokens)
+
+
+class CacheTransactions:
+    """Lookup, load, commit and release of jobs' paths in one cache (None: no cache,
+    every job computes everything). Stateless between calls apart from its
+    configuration, so one instance serves every thread."""
+
+    def __init__(self, cache: Optional[CacheBackend], engine: Engine, insert_tier: str, recorder):
+        if cache is not None and not isinstance(cache, CacheBackend):
+            missing = [m for m in ("tiers", "match", "put", "get", "promote", "unlock", "touch", "record_compute",
+                                   "track_version", "node", "stats") if not hasattr(cache, m)]
+            raise TypeError(f"cache must implement the CacheBackend protocol (e.g. a hyperrag.cache.KVCache); "
+                            f"{type(cache).__name__} lacks {', '.join(missing)}")
+        self.cache = cache
+        self.engine = engine
+        self.recorder = recorder
+        self.uses_payloads = not getattr(engine, "accounts_only", False)
+        self.insert_tiers: Tuple[str, ...] = ()
+        if cache is not None:
+            present = list(cache.tiers)
+            if insert_tier not in present:
+                raise ValueError(f"insert_tier {insert_tier!r} is not a tier of the cache; allowed: "
+                                 f"{', '.join(present)}")
+            self.insert_tiers = tuple(present[present.index(insert_tier):])
+
+    # --------------------------------------------------------------- identity
+    def keys(self, doc_ids: Sequence[str], doc_tokens: Sequence[int], doc_texts) -> dict:
+        """Tree key of each document (id + content fingerprint); a document whose
+        content changed since it was last served has its old nodes dropped."""
+        fingerprints = self.engine.document_fingerprints(doc_tokens, doc_texts)
+        keys = {d: document_key(d, f) for d, f in zip(doc_ids, fingerprints)}
+        if self.cache is not None:
+            dropped = sum(self.cache.track_version(d, k) for d, k in keys.items())
+            if dropped:
+                self.recorder.count("stale_nodes_removed", dropped)
+        return keys
+
+    # ------------------------------------------------------------ transactions
+    def lookup(self, namespace: str, keys: List[str], tokens: List[int]) -> Lookup:
+        """Match and lock the cached prefix (one atomic cache call; counts one lookup)."""
+        if self.cache is None:
+            return Lookup()
+        m = self.cache.match(namespace, keys, tokens, lock=True)
+        return Lookup(list(m.node_ids), list(m.tiers), [int(t) for t in m.tokens])
+
+    def load(self, lookup: Lookup, doc_ids: Sequence[str]) -> Tuple[List[DocumentKV], int, Lookup]:
+        """Promote slow hits to the insert tier (if it has room; else they are read
+        from where they are) and read their KV. A hit whose bytes cannot be read ends
+        the usable prefix there: it and the hits after it are unlocked and recomputed.
+        Returns the cached KV, the bytes read from slower tiers, and the usable lookup."""
+        if not lookup.node_ids:
+            return [], 0, lookup
+        tier = self.insert_tiers[0]
+        slow = [nid for nid, t in zip(lookup.node_ids, lookup.tiers) if t != tier]
+        if slow:
+            try:
+                self.cache.promote(slow, tier=tier)
+            except (CapacityError, StorageError):  # tier full of locked KV, or the copy failed
+                pass
+        cached, slow_bytes = [], 0
+        for j, (nid, t, tokens) in enumerate(zip(lookup.node_ids, lookup.tiers, lookup.tokens)):
+            payload = None
+            nbytes = self.engine.kv_bytes(tokens)
+            if self.uses_payloads:
+                try:
+                    payload = self.cache.get(nid)
+                except StorageError:
+                    usable = Lookup(lookup.node_ids[:j], lookup.tiers[:j], lookup.tokens[:j])
+                    self.release(lookup.node_ids[j:])
+                    return cached, slow_bytes, usable
+                nbytes = int(payload.nbytes)
+            if t != tier:
+                slow_bytes += nbytes
+            cached.append(DocumentKV(doc_id=doc_ids[j], tokens=tokens, nbytes=nbytes, payload=payload))
+        return cached, slow_bytes, lookup
+
+    def commit(self, namespace: str, keys: List[str], tokens: List[int], lookup: Lookup, new_kv: list,
+               question_tokens: int) -> int:
+        """Store the new documents below the hits, record their compute, touch the
+        hits. Returns how many nodes were created. A store that fails for lack of
+        room or memory stores nothing (counted); the query is still served."""
+        if self.cache is None:
+            return 0
+        k = lookup.matched_docs
+        # The hits' logical sizes as stored (the insert checks them), then the new documents'.
+        nbytes = [int(self.cache.node(nid).nbytes) for nid in lookup.node_ids] + [int(kv.nbytes) for kv in new_kv]
+        payloads = [None] * k + [kv.payload for kv in new_kv] if self.uses_payloads else None
+        stored = None
+        # The fastest tier with room: a document larger than the gpu tier, or a gpu tier
+        # full of locked KV, goes to host; with no room anywhere nothing is stored.
+        for tier in (self.insert_tiers if new_kv else ()):
+            try:
+                stored = self.cache.put(namespace, keys, tokens, nbytes, payloads=payloads, tier=tier, lock=True)
+                break
+            except CapacityError:
+                continue
+            except StorageError:
+                self.recorder.count("store_errors")
+                break
+        created = []
+        if stored is not None:
+            created = [nid for nid, c in zip(stored.node_ids, stored.created) if c]
+            new_tokens = sum(tokens[k:]) + int(question_tokens)
+            if created:
+                self.cache.record_compute(created, lookup.matched_tokens, new_tokens)
+        if lookup.node_ids:
+            self.cache.touch(lookup.node_ids)
+        if stored is not None:
+            self.cache.unlock(list(stored.node_ids))
+        return len(created)
+
+    def release(self, node_ids: Sequence[int]) -> None:
+        if node_ids and self.cache is not None:
+            self.cache.unlock(list(node_ids))
