@@ -52,7 +52,8 @@ def filler_payload(namespace: str, doc_path: Sequence[Any], nbytes: int) -> np.n
     for part in (namespace, *doc_path):
         s = str(part).encode()
         h.update(len(s).to_bytes(8, "little") + s)  # length-prefixed: no separator collisions
-    return np.resize(np.frombuffer(h.digest(), dtype=np.uint8), nbytes)
+    digest = np.frombuffer(h.digest(), dtype=np.uint8)
+    return np.tile(digest, -(-nbytes // digest.size))[:nbytes]  # np.resize's result, 20x faster
 
 
 def _payload_nbytes(obj: Any, field_name: str) -> int:
