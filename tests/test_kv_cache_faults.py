@@ -177,3 +177,20 @@ def test_track_version_drops_the_old_content_and_stays_bounded():
     for i in range(10_000):
         cache.track_version(f"gone{i}", f"gone{i}#v")  # ids whose documents left the tree
     assert len(cache._versions) < 10_000
+
+
+def test_a_query_whose_store_fails_is_still_served_and_the_next_succeeds(monkeypatch):
+    from hyperrag import RAGOptimize, RAGOptimizeConfig
+    from hyperrag.serve import Query
+
+    ctrl = RAGOptimize(RAGOptimizeConfig()).build_controller(speculative=False)
+    faults = Faults(monkeypatch)
+    faults.fail_at = {1}  # the first staged allocation of the store
+    r = ctrl.process(Query("q1", "?", ["a", "b"], [300, 200]))
+    assert r.stored_docs == 0 and r.ttft_s > 0
+    assert ctrl.metrics().store_errors == 1 and ctrl.cache.stats().num_nodes == 0
+    r = ctrl.process(Query("q2", "?", ["a", "b"], [300, 200]))
+    assert r.stored_docs == 2
+    assert ctrl.process(Query("q3", "?", ["a", "b"], [300, 200])).cached_tokens == 500
+    check_consistent(ctrl.cache)
+    assert all(ctrl.cache.node(n).lock_count == 0 for n in ctrl.cache.tree.node_ids())

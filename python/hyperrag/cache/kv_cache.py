@@ -446,9 +446,8 @@ class KVCache:
                 if data is None:
                     data = filler_payload(namespace, list(doc_ids[: i + 1]), nbytes)
                 self._stores[tier].write(blocks, data)
-        except BaseException:
-            self._free_all(staged.all())
-            raise
+        except BaseException as e:
+            raise self._staging_failed(staged.all(), e, f"staging {list(doc_ids)} in {tier!r}")
         return staged
 
     def _stage_copies(self, node_ids: Sequence[int], tier: str) -> Dict[int, _Blocks]:
@@ -461,10 +460,19 @@ class KVCache:
                 staged[nid] = self._stores[tier].allocate(src.nbytes)
                 moves.append((src, staged[nid]))
             self._copy(moves)
-        except BaseException:
-            self._free_all(staged.values())
-            raise
+        except BaseException as e:
+            raise self._staging_failed(staged.values(), e, f"copying nodes {list(node_ids)} into {tier!r}")
         return staged
+
+    def _staging_failed(self, blocks, error: BaseException, what: str) -> BaseException:
+        """Free what was staged; the exception to raise: allocation and copy failures as
+        StorageError (nothing changed), anything else as it is."""
+        self._free_all(blocks)
+        if isinstance(error, (MemoryError, OSError, RuntimeError)) and not isinstance(error, StorageError):
+            wrapped = StorageError(f"{what} failed: {error}")
+            wrapped.__cause__ = error
+            return wrapped
+        return error
 
     def _transact(self, tree_call, staged: _Staged, tier: str, changes):
         """Run a tree call that may promote into / create in `tier`; then attach the
