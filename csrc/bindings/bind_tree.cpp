@@ -43,6 +43,16 @@ Tier tier_arg(py::handle obj, const char* op) {
   return parse_tier(to_string(obj, field), field.c_str());
 }
 
+// lock, unlock, touch: a method taking node ids, run with the GIL released.
+template <void (KnowledgeTree::*Method)(const std::vector<NodeId>&)>
+auto on_node_ids(const char* op) {
+  return [op](KnowledgeTree& t, py::handle ids) {
+    const std::vector<NodeId> v = to_uint64s(ids, std::string(op) + ": node_ids");
+    py::gil_scoped_release release;
+    (t.*Method)(v);
+  };
+}
+
 std::optional<std::vector<std::int64_t>> optional_int64s(py::handle obj, const std::string& field) {
   if (obj.is_none()) return std::nullopt;
   return to_int64s(obj, field);
@@ -279,30 +289,12 @@ void bind_tree(py::module_& m) {
           py::arg("tier") = "gpu", py::arg("lock") = false,
           "One request atomically: match, protect hits, promote slow hits, insert the rest, touch hits,\n"
           "record the new documents' compute, then keep the path locked if lock=True.")
-      .def(
-          "lock",
-          [](KnowledgeTree& t, py::handle ids) {
-            auto v = to_uint64s(ids, "lock: node_ids");
-            py::gil_scoped_release release;
-            t.lock(v);
-          },
-          py::arg("node_ids"), "Reference-count locks; a locked node and its ancestors are never evicted.")
-      .def(
-          "unlock",
-          [](KnowledgeTree& t, py::handle ids) {
-            auto v = to_uint64s(ids, "unlock: node_ids");
-            py::gil_scoped_release release;
-            t.unlock(v);
-          },
-          py::arg("node_ids"), "Release locks; ValueError (nothing changed) if a node is unlocked more often than locked.")
-      .def(
-          "touch",
-          [](KnowledgeTree& t, py::handle ids) {
-            auto v = to_uint64s(ids, "touch: node_ids");
-            py::gil_scoped_release release;
-            t.touch(v);
-          },
-          py::arg("node_ids"), "A hit: frequency += 1, priority refreshed.")
+      .def("lock", on_node_ids<&KnowledgeTree::lock>("lock"), py::arg("node_ids"),
+           "Reference-count locks; a locked node and its ancestors are never evicted.")
+      .def("unlock", on_node_ids<&KnowledgeTree::unlock>("unlock"), py::arg("node_ids"),
+           "Release locks; ValueError (nothing changed) if a node is unlocked more often than locked.")
+      .def("touch", on_node_ids<&KnowledgeTree::touch>("touch"), py::arg("node_ids"),
+           "A hit: frequency += 1, priority refreshed.")
       .def(
           "record_compute",
           [](KnowledgeTree& t, py::handle ids, py::handle cached, py::handle fresh) {

@@ -20,6 +20,18 @@ std::int64_t sat_add(std::int64_t a, std::int64_t b) {
 }
 using Wide = __int128;
 
+// An index into a table of slots, reusing a released one first.
+template <class Entry>
+std::uint32_t take_index(std::vector<Entry>& table, std::vector<std::uint32_t>& released) {
+  if (!released.empty()) {
+    const std::uint32_t id = released.back();
+    released.pop_back();
+    return id;
+  }
+  table.emplace_back();
+  return static_cast<std::uint32_t>(table.size() - 1);
+}
+
 }  // namespace
 
 // ---------------------------------------------------------------- construction
@@ -367,14 +379,7 @@ void KnowledgeTree::throw_capacity(const char* op) const {
 std::uint32_t KnowledgeTree::intern_doc(const std::string& name) {
   auto it = doc_index_.find(name);
   if (it != doc_index_.end()) return it->second;
-  std::uint32_t id;
-  if (!free_docs_.empty()) {
-    id = free_docs_.back();
-    free_docs_.pop_back();
-  } else {
-    id = static_cast<std::uint32_t>(docs_.size());
-    docs_.emplace_back();
-  }
+  const std::uint32_t id = take_index(docs_, free_docs_);
   docs_[id] = DocName{name, kNil, 0};
   doc_index_.emplace(name, id);
   return id;
@@ -383,14 +388,7 @@ std::uint32_t KnowledgeTree::intern_doc(const std::string& name) {
 std::uint32_t KnowledgeTree::root_for(const std::string& ns) {
   auto it = ns_index_.find(ns);
   if (it != ns_index_.end()) return namespaces_[it->second].root;
-  std::uint32_t id;
-  if (!free_namespaces_.empty()) {
-    id = free_namespaces_.back();
-    free_namespaces_.pop_back();
-  } else {
-    id = static_cast<std::uint32_t>(namespaces_.size());
-    namespaces_.emplace_back();
-  }
+  const std::uint32_t id = take_index(namespaces_, free_namespaces_);
   const std::uint32_t s = new_node(kNil, 0, 0, 0);
   nodes_[s].root = true;
   nodes_[s].ns = id;
@@ -401,15 +399,7 @@ std::uint32_t KnowledgeTree::root_for(const std::string& ns) {
 
 std::uint32_t KnowledgeTree::new_node(std::uint32_t parent, std::uint32_t doc, std::int64_t tokens,
                                       std::int64_t nbytes) {
-  std::uint32_t s;
-  if (!free_slots_.empty()) {
-    s = free_slots_.back();
-    free_slots_.pop_back();
-  } else {
-    s = static_cast<std::uint32_t>(nodes_.size());
-    nodes_.emplace_back();
-    nodes_[s].gen = 1;
-  }
+  const std::uint32_t s = take_index(nodes_, free_slots_);
   Node& n = nodes_[s];
   n.alive = true;
   n.doc = doc;

@@ -193,7 +193,7 @@ class KnowledgeTree {
   static constexpr std::uint32_t kNil = 0xffffffffu;
 
   struct Node {
-    std::uint32_t gen = 0;
+    std::uint32_t gen = 1;          // part of the NodeId: a reused slot gets a new generation
     bool alive = false;
     bool root = false;
     bool dropped = false;           // left every tier in an open transaction
