@@ -30,28 +30,34 @@ def test_threads_hammering_one_tree_keep_exact_accounting():
                         held.append(tree.access("ns", ids, tokens, nbytes, lock=True).node_ids)
                         with lock:
                             counts["accesses"] += 1
-                    elif op < 0.6:  # the separate-call request flow
-                        m = tree.match("ns", ids, tokens)
-                        tree.lock(m.node_ids)
+                    elif op < 0.6:  # the controller's flow: lookup+lock, store+lock, record, release
+                        m = tree.match("ns", ids, tokens, lock=True)
                         try:
                             if rng.random() < 0.5:  # else insert promotes the slow hits itself
                                 tree.promote(m.node_ids)
-                            r = tree.insert("ns", ids, tokens, nbytes)
-                            if r.promoted:
-                                with lock:
-                                    counts["insert_promotions"] += 1
-                            new = [n for n, c in zip(r.node_ids, r.created) if c]
-                            if new:
-                                tree.record_compute(new, m.matched_tokens, sum(tokens[m.matched_docs:]))
-                            tree.touch(m.node_ids)
+                            r = tree.insert("ns", ids, tokens, nbytes, lock=True)
+                            try:
+                                if r.promoted:
+                                    with lock:
+                                        counts["insert_promotions"] += 1
+                                new = [n for n, c in zip(r.node_ids, r.created) if c]
+                                if new:  # locked: no other thread can evict them in between
+                                    tree.record_compute(new, m.matched_tokens, sum(tokens[m.matched_docs:]))
+                                tree.touch(m.node_ids)
+                            finally:
+                                tree.unlock(r.node_ids)
+                        except UnknownNodeError as e:
+                            raise AssertionError(f"a locked flow saw an evicted node: {e}") from e
                         finally:
                             tree.unlock(m.node_ids)
                     elif op < 0.75:
                         tree.evict(rng.choice(["gpu", "host"]), rng.randint(1, 5000))
-                    elif op < 0.85:
+                    elif op < 0.8:
                         m = tree.match("ns", ids)
                         if m.node_ids:
                             tree.remove(m.node_ids[-1])
+                    elif op < 0.85:  # a changed document: every unlocked path through it goes
+                        tree.remove_document(ids[0])
                     else:
                         tree.stats()
                 except CapacityError:

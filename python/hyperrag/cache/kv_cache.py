@@ -144,18 +144,20 @@ class _TierStore:
 
     def write(self, blocks: _Blocks, data: Any) -> None:
         flat = _byte_view(data)
-        offset = 0
-        for pool, ids in blocks.runs:
-            n = min(len(ids) * self.block_bytes, blocks.nbytes - offset)
-            pool.write(ids, flat[offset:offset + n])
-            offset += n
+        for pool, ids, part in self._parts(blocks):
+            pool.write(ids, flat[part])
 
     def read(self, blocks: _Blocks, out: Any) -> None:
         flat = _byte_view(out)
+        for pool, ids, part in self._parts(blocks):
+            pool.read(ids, flat[part])
+
+    def _parts(self, blocks: _Blocks):
+        """(pool, block ids, byte slice of the payload) per run, in order."""
         offset = 0
         for pool, ids in blocks.runs:
             n = min(len(ids) * self.block_bytes, blocks.nbytes - offset)
-            pool.read(ids, flat[offset:offset + n])
+            yield pool, ids, slice(offset, offset + n)
             offset += n
 
     def stats(self) -> dict:
