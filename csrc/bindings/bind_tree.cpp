@@ -53,6 +53,23 @@ auto on_node_ids(const char* op) {
   };
 }
 
+// insert, access: a request for a whole path, run with the GIL released.
+template <auto Method>
+auto on_path(const char* op) {
+  return [op](KnowledgeTree& t, py::handle ns, py::handle docs, py::handle tokens, py::handle bytes, py::handle tier,
+              py::handle lock) {
+    const std::string o(op);
+    auto n = to_string(ns, o + ": namespace");
+    auto d = to_strings(docs, o + ": doc_ids");
+    auto k = to_int64s(tokens, o + ": doc_tokens");
+    auto b = to_int64s(bytes, o + ": doc_bytes");
+    const Tier parsed = tier_arg(tier, op);
+    const bool l = to_bool(lock, o + ": lock");
+    py::gil_scoped_release release;
+    return (t.*Method)(n, d, k, b, parsed, l);
+  };
+}
+
 std::optional<std::vector<std::int64_t>> optional_int64s(py::handle obj, const std::string& field) {
   if (obj.is_none()) return std::nullopt;
   return to_int64s(obj, field);
@@ -254,18 +271,7 @@ void bind_tree(py::module_& m) {
           },
           py::arg("namespace"), py::arg("doc_ids"), "The longest cached prefix, recording nothing (no lookup counted).")
       .def(
-          "insert",
-          [](KnowledgeTree& t, py::handle ns, py::handle docs, py::handle tokens, py::handle bytes, py::handle tier,
-             py::handle lock) {
-            auto n = to_string(ns, "insert: namespace");
-            auto d = to_strings(docs, "insert: doc_ids");
-            auto k = to_int64s(tokens, "insert: doc_tokens");
-            auto b = to_int64s(bytes, "insert: doc_bytes");
-            const Tier parsed = tier_arg(tier, "insert");
-            const bool l = to_bool(lock, "insert: lock");
-            py::gil_scoped_release release;
-            return t.insert(n, d, k, b, parsed, l);
-          },
+          "insert", on_path<&KnowledgeTree::insert>("insert"),
           py::arg("namespace"), py::arg("doc_ids"), py::arg("doc_tokens"), py::arg("doc_bytes"),
           py::arg("tier") = "gpu", py::arg("lock") = false,
           "Add the missing documents of the path to tier, evicting by policy; reused prefix nodes must\n"
@@ -273,18 +279,7 @@ void bind_tree(py::module_& m) {
           "CapacityError (tree unchanged) if locks leave no room, at once if it can never fit.\n"
           "lock=True locks the whole path in the same call.")
       .def(
-          "access",
-          [](KnowledgeTree& t, py::handle ns, py::handle docs, py::handle tokens, py::handle bytes, py::handle tier,
-             py::handle lock) {
-            auto n = to_string(ns, "access: namespace");
-            auto d = to_strings(docs, "access: doc_ids");
-            auto k = to_int64s(tokens, "access: doc_tokens");
-            auto b = to_int64s(bytes, "access: doc_bytes");
-            const Tier parsed = tier_arg(tier, "access");
-            const bool l = to_bool(lock, "access: lock");
-            py::gil_scoped_release release;
-            return t.access(n, d, k, b, parsed, l);
-          },
+          "access", on_path<&KnowledgeTree::access>("access"),
           py::arg("namespace"), py::arg("doc_ids"), py::arg("doc_tokens"), py::arg("doc_bytes"),
           py::arg("tier") = "gpu", py::arg("lock") = false,
           "One request atomically: match, protect hits, promote slow hits, insert the rest, touch hits,\n"
