@@ -1,237 +1,251 @@
-"""Real TTFT with document-KV reuse: SmolLM2-135M (bf16, CPU) on the bundled corpus,
-served by RAGServeController over the native KVCache.
+"""Real TTFT against what users run today: SmolLM2-135M (bf16, CPU), side by side.
 
-Stream: the first --queries queries of the bundled set (Zipf 1.1 popularity
-over 300 documents); each retrieves its top-3 documents (MiniLM embeddings,
-exact FAISS search) in retrieval order. The prompt is [system][d1][d2][d3]
-[question] (~250 tokens per document on average).
+Systems, all on the same loaded model, the same token ids and the same attention path:
+  no_reuse      every prompt prefilled from scratch in one forward
+  prefix_cache  a token-level prefix cache (radix tree over token ids, LRU, the
+                capacity of HyperRAG's tiers): the longest cached token prefix is
+                reused, question included on exact repeats (vLLM's, SGLang's)
+  hyperrag      RAGServeController + KVCache, documents in retrieval order
+  hyperrag_ca   the same with cache-aware document order
+  hyperrag_ca_rp  cache-aware order and the reused_prefix admission policy
+Streams:
+  bundled   the bundled query set (Zipf 1.1 targets over 300 documents), top-3 of an
+            exact MiniLM + FAISS search; its exact-repeat rate is reported
+  norepeat  documents drawn Zipf 1.1 over the same 300, top-3, a fresh question for
+            every query: no question repeats
+Every stream runs --passes times from cold caches, the systems interleaved query by
+query; each query's TTFT is the median over passes. TTFT is the wall time from the
+call to the first token (tokenizing, cache lookups and reads, prefill). Reported per
+system: mean, median, p90, p99, document-token hit rate, TTFT by hit pattern, and
+for HyperRAG the bytes stored and hit per byte stored. Also: an attention ablation
+(stock SDPA vs the prefix-friendly path, which sets the engine's default), and how
+often the 16-token greedy answer changes when the documents are put in the
+cache-aware order instead of retrieval order (bundled queries, no reuse).
 
-Per query, side by side in one run:
-  reuse  serve_one(): controller.process(Query): the path is matched in the
-         KVCache (real KV bytes in block pools, --gpu-mb / --host-mb budgets,
-         PGDSF), hits promoted to the gpu tier and read back as payloads, the
-         missing documents and the question prefilled, each new document's KV
-         stored as its own node. TTFT = QueryResult.ttft_s: measured cache
-         reads + KV assembly + forward to the first token.
-  full   the same prompt prefilled from scratch in one forward pass (no
-         cached KV): what a server without document reuse does. The reuse
-         path prefills each missing document in its own forward (bit-exact
-         reuse), which costs extra on a miss: see "by hit pattern".
-Reported: median and p90 of both over all queries and over the second half
-(steady state), the speedup of medians, hit rates, the cache's evictions,
-TTFT by hit pattern, and the floor: the forward of the question alone on a
-fully cached context (KV assembly excluded), median over --repeats, on every
-10th query, next to the full-hit TTFT through the controller of the same
-prompts.
-
-Attention ablation: one prompt (system + 3 documents) with 0..3 documents
-cached, stock transformers SDPA vs HyperRAG's prefix attention, median over
---repeats: stock SDPA is slower with a short cached prefix than recomputing.
-
-    python bench/bench_real_ttft.py [--queries 200] [--repeats 5] [--gpu-mb 1024] [--host-mb 4096]
+    python bench/bench_real_ttft.py [--queries 100] [--passes 3] [--gpu-mb 1024] [--host-mb 4096]
 Writes bench/results/bench_real_ttft.json.
 """
+from __future__ import annotations
+
 import argparse
-import json
-import pathlib
-import platform
 import statistics
+import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
 
 from hyperrag import RAGOptimize, RAGOptimizeConfig
 from hyperrag.data import load_corpus, load_queries
-from hyperrag.engines.base import DocumentKV, PrefillRequest
+from hyperrag.engines.base import PrefillRequest
 from hyperrag.engines.transformers_engine import TransformersEngine
 from hyperrag.retrieval import FaissRetriever, HashingEmbedder, MiniLMEmbedder
-from hyperrag.serve.query import Query
+from hyperrag.serve import Query
+from hyperrag.serve import bench as B
 
-RESULTS = pathlib.Path(__file__).resolve().parent / "results"
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from token_prefix_cache import TokenPrefixCache  # noqa: E402
 
-
-def p90(values):
-    return float(np.percentile(values, 90))
-
-
-def make_request(engine, docs, doc_ids, question, cached=()):
-    return PrefillRequest(
-        namespace=engine.namespace(), question=question, doc_ids=list(doc_ids),
-        doc_tokens=[engine.count_tokens(docs[d]) for d in doc_ids],
-        doc_texts=[docs[d] for d in doc_ids], cached=list(cached),
-    )
+HYPERRAG = {"hyperrag": dict(doc_order="retrieval"), "hyperrag_ca": dict(doc_order="cache_aware"),
+            "hyperrag_ca_rp": dict(doc_order="cache_aware", admission="reused_prefix")}
+SYSTEMS = ("no_reuse", "prefix_cache", *HYPERRAG)
+ANSWER_TOKENS = 16
 
 
-def make_query(engine, docs, doc_ids, question, query_id):
-    return Query(query_id=query_id, text=question, doc_ids=list(doc_ids),
-                 doc_tokens=[engine.count_tokens(docs[d]) for d in doc_ids], doc_texts=[docs[d] for d in doc_ids])
+def bundled_stream(n, texts, retriever):
+    queries = load_queries(n)
+    return [(q.text, retriever.search_exact(q.text, 3).doc_ids) for q in queries]
 
 
-def serve_one(controller, docs, doc_ids, question, query_id):
-    """Serve one query with reuse through the controller and the native cache."""
-    r = controller.process(make_query(controller.engine, docs, doc_ids, question, query_id))
-    return {"ttft_s": r.ttft_s, "load_s": r.load_s, "prefill_s": r.prefill_s, "matched_docs": r.matched_docs,
-            "tier_hits": r.tier_hits, "cached_tokens": r.cached_tokens, "doc_tokens": r.cached_tokens +
-            r.computed_tokens - r.question_tokens, "first_token": r.output_token_ids[0]}
+def norepeat_stream(n, texts, seed):
+    rng = np.random.default_rng(seed)
+    ids = sorted(texts)
+    rank = rng.permutation(len(ids))  # which document has which popularity
+    weights = 1.0 / np.arange(1, len(ids) + 1) ** 1.1
+    p = weights[rank] / weights.sum()
+    out = []
+    for i in range(n):
+        docs = [ids[j] for j in rng.choice(len(ids), size=3, replace=False, p=p)]
+        out.append((f"Request {i}: what do these documents say, in one sentence?", docs))
+    return out
 
 
-def floor_seconds(controller, docs, doc_ids, question, query_id, repeats):
-    """Medians of the question-only forward on the fully cached context (KV assembly excluded)
-    and of the full-hit TTFT through the controller, for one prompt."""
-    engine, cache = controller.engine, controller.cache
-    full_hit = []
-    for k in range(repeats + 1):  # the first run makes sure the whole path is cached
-        r = controller.process(make_query(engine, docs, doc_ids, question, f"{query_id}-floor{k}"))
-        if k:
-            assert r.matched_docs == len(doc_ids)
-            full_hit.append(r.ttft_s)
-    m = cache.tree.match(engine.namespace(), list(doc_ids))
-    payloads = [cache.get(n) for n in m.node_ids]
-    cached = [DocumentKV(d, int(t), p.nbytes, p) for d, t, p in zip(doc_ids, m.tokens, payloads)]
-    request = make_request(engine, docs, doc_ids, question, cached)
-    runs = [engine.prefill(request) for _ in range(repeats)]
-    return statistics.median(r.seconds - r.load_seconds for r in runs), statistics.median(full_hit)
+def repeat_rates(stream):
+    questions, prompts, seen_q, seen_p = 0, 0, set(), set()
+    for question, docs in stream:
+        questions += question in seen_q
+        prompts += (question, tuple(docs)) in seen_p
+        seen_q.add(question)
+        seen_p.add((question, tuple(docs)))
+    return {"repeated_question_rate": questions / len(stream), "repeated_prompt_rate": prompts / len(stream)}
 
 
-def attention_ablation(model_path, docs, doc_ids, question, repeats):
+def one_pass(engine, rago, stream, texts, args):
+    """Serve the stream once on cold caches; per query, each system's TTFT and reuse."""
+    capacity = (args.gpu_mb + args.host_mb) << 20
+    prefix = TokenPrefixCache(engine, capacity)
+    ctrls = {name: rago.build_controller(engine=engine, default_output_tokens=1, gpu_bytes=args.gpu_mb << 20,
+                                         host_bytes=args.host_mb << 20, **kw) for name, kw in HYPERRAG.items()}
+    ns = engine.namespace()
+    system_tokens = len(engine.system_ids())
+    rows = []
+    for i, (question, docs) in enumerate(stream):
+        t0 = time.perf_counter()
+        prompt = engine.prompt(docs, doc_texts=[texts[d] for d in docs], question=question)
+        tokenize_s = time.perf_counter() - t0
+        # Up to the first token: the engine's own measure (it then copies out KV no baseline needs).
+        first_token_s = engine.prefill(PrefillRequest(ns, prompt)).seconds
+        row = {"no_reuse": {"ttft_s": tokenize_s + first_token_s, "cached_doc_tokens": 0},
+               "doc_tokens": sum(prompt.segment_tokens[1:])}
+        ids = [t for seg in prompt.token_ids for t in seg] + list(prompt.question_ids)
+        r = prefix.prefill(ids)
+        row["prefix_cache"] = {"ttft_s": r.ttft_s, "cached_doc_tokens": min(row["doc_tokens"],
+                                                                            max(0, r.cached_tokens - system_tokens))}
+        for name, ctrl in ctrls.items():
+            q = Query(f"q{i}", question, list(docs), doc_texts=[texts[d] for d in docs])
+            res = ctrl.process(q)
+            row[name] = {"ttft_s": res.ttft_s, "cached_doc_tokens": max(0, res.cached_tokens - system_tokens),
+                         "matched_docs": res.matched_docs}
+        rows.append(row)
+    stored = {}
+    for name, ctrl in ctrls.items():
+        s = ctrl.cache.stats()
+        stored[name] = {"nodes": int(s.num_nodes), "stored_mib": sum(dict(s.used_bytes).values()) / (1 << 20),
+                        "evictions": {k: int(v) for k, v in dict(s.evictions).items()}}
+    return rows, stored
+
+
+def summarize(passes, stream):
+    """Per query: the median TTFT over passes; then statistics over queries per system."""
+    n = len(stream)
+    per_query = []
+    for i in range(n):
+        row = {"docs": stream[i][1], "doc_tokens": passes[0][i]["doc_tokens"]}
+        for sysname in SYSTEMS:
+            row[sysname] = statistics.median(p[i][sysname]["ttft_s"] for p in passes)
+            row[f"{sysname}_cached"] = passes[0][i][sysname]["cached_doc_tokens"]
+        for name in HYPERRAG:
+            row[f"{name}_matched"] = passes[0][i][name]["matched_docs"]
+        per_query.append(row)
+    total_doc = sum(r["doc_tokens"] for r in per_query)
+    systems = {}
+    for sysname in SYSTEMS:
+        t = np.array([r[sysname] for r in per_query])
+        systems[sysname] = {"mean_s": float(t.mean()), "median_s": float(np.median(t)),
+                            "p90_s": float(np.percentile(t, 90)), "p99_s": float(np.percentile(t, 99)),
+                            "doc_token_hit_rate": sum(r[f"{sysname}_cached"] for r in per_query) / total_doc}
+    patterns = {}
+    for name in HYPERRAG:
+        for pattern, test in (("full hit", lambda r: r[f"{name}_matched"] == len(r["docs"])),
+                              ("partial", lambda r: 0 < r[f"{name}_matched"] < len(r["docs"])),
+                              ("miss", lambda r: r[f"{name}_matched"] == 0)):
+            sel = [r for r in per_query if test(r)]
+            if sel:
+                patterns[f"{name}/{pattern}"] = {
+                    "queries": len(sel), "mean_s": statistics.mean(r[name] for r in sel),
+                    "no_reuse_mean_s": statistics.mean(r["no_reuse"] for r in sel),
+                    "median_ratio_to_no_reuse": statistics.median(r[name] / r["no_reuse"] for r in sel)}
+    return per_query, systems, patterns
+
+
+def attention_ablation(args, texts, docs, question):
     rows = []
     for impl in ("sdpa", "hyperrag_prefix"):
-        engine = TransformersEngine(model_path, attn_implementation=impl)
-        full = engine.prefill(make_request(engine, docs, doc_ids, question))  # also warms the system prompt
-        for m in range(len(doc_ids) + 1):
-            request = make_request(engine, docs, doc_ids, question, full.new_kv[:m])
-            secs = statistics.median(engine.prefill(request).seconds for _ in range(repeats))
-            rows.append({"attention": impl, "cached_docs": m,
+        engine = TransformersEngine(args.model, attn_implementation=impl)
+        prompt = engine.prompt(docs, doc_texts=[texts[d] for d in docs], question=question)
+        full = engine.prefill(PrefillRequest(engine.namespace(), prompt))
+        for m in range(len(prompt.segment_ids) + 1):  # nothing, the system prompt, then 1..3 documents
+            request = PrefillRequest(engine.namespace(), prompt, full.new_kv[:m])
+            secs = statistics.median(engine.prefill(request).seconds for _ in range(args.repeats))
+            rows.append({"attention": impl, "cached_segments": m,
                          "cached_tokens": sum(kv.tokens for kv in full.new_kv[:m]), "ttft_s": secs})
         del engine
     return rows
 
 
-def summarize(records):
-    reuse = [r["ttft_s"] for r in records]
-    full = [r["full_ttft_s"] for r in records]
-    cached = sum(r["cached_tokens"] for r in records)
-    total = sum(r["doc_tokens"] for r in records)
-    return {
-        "queries": len(records),
-        "reuse_median_s": statistics.median(reuse), "reuse_p90_s": p90(reuse),
-        "full_median_s": statistics.median(full), "full_p90_s": p90(full),
-        "median_speedup": statistics.median(full) / statistics.median(reuse),
-        "token_hit_rate": cached / total,
-        "query_hit_rate": sum(r["matched_docs"] > 0 for r in records) / len(records),
-        "full_hit_rate": sum(r["matched_docs"] == len(r["doc_ids"]) for r in records) / len(records),
-    }
+def order_quality(engine, rago, stream, texts):
+    """How often the greedy answer changes when the documents come in the cache-aware order a
+    controller chose (after serving the stream) instead of retrieval order (no reuse either way)."""
+    ctrl = rago.build_controller(engine=engine, default_output_tokens=1, doc_order="cache_aware")
+    changed = reordered = 0
+    ns = engine.namespace()
+    for i, (question, docs) in enumerate(stream):
+        order = ctrl.process(Query(f"o{i}", question, list(docs), doc_texts=[texts[d] for d in docs])).doc_order
+        if order == list(docs):
+            continue
+        reordered += 1
+        answers = []
+        for ids in (docs, order):
+            prompt = engine.prompt(list(ids), doc_texts=[texts[d] for d in ids], question=question)
+            answers.append(engine.generate(PrefillRequest(ns, prompt), ANSWER_TOKENS).token_ids)
+        changed += answers[0] != answers[1]
+    return {"queries": len(stream), "reordered": reordered, "answer_changed": changed}
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--queries", type=int, default=200)
-    ap.add_argument("--repeats", type=int, default=5)
-    ap.add_argument("--top-k", type=int, default=3)
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--queries", type=int, default=100)
+    ap.add_argument("--passes", type=int, default=3)
+    ap.add_argument("--repeats", type=int, default=5, help="repeats per point of the attention ablation")
     ap.add_argument("--model", default="smollm2")
     ap.add_argument("--embedder", choices=("minilm", "hashing"), default="minilm")
     ap.add_argument("--gpu-mb", type=int, default=1024, help="KV budget of the gpu tier (MiB)")
     ap.add_argument("--host-mb", type=int, default=4096, help="KV budget of the host tier (MiB)")
-    ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--streams", default="norepeat,bundled")
     args = ap.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    torch.set_num_threads(args.threads)
 
     corpus = load_corpus()
-    docs = {d.doc_id: d.text for d in corpus}
-    queries = load_queries(args.queries)
-    embedder = MiniLMEmbedder() if args.embedder == "minilm" else HashingEmbedder()
-    t0 = time.perf_counter()
-    retriever = FaissRetriever(embedder, [d.title + ". " + d.text for d in corpus], [d.doc_id for d in corpus])
-    index_s = time.perf_counter() - t0
-    paths = [retriever.search_exact(q.text, args.top_k).doc_ids for q in queries]
-    retrieval_recall = sum(q.target in p for q, p in zip(queries, paths)) / len(queries)
+    texts = {d.doc_id: d.text for d in corpus}
+    engine = TransformersEngine(args.model)
+    rago = RAGOptimize(RAGOptimizeConfig())
+    rago.optimize()
+    streams = {}
+    if "bundled" in args.streams:
+        embedder = MiniLMEmbedder() if args.embedder == "minilm" else HashingEmbedder()
+        retriever = FaissRetriever(embedder, [d.title + ". " + d.text for d in corpus], [d.doc_id for d in corpus])
+        streams["bundled"] = bundled_stream(args.queries, texts, retriever)
+    if "norepeat" in args.streams:
+        streams["norepeat"] = norepeat_stream(args.queries, texts, args.seed)
+    first = next(iter(streams.values()))[0]
+    engine.prefill(PrefillRequest(engine.namespace(), engine.prompt(  # warm-up: allocator, kernels
+        first[1], doc_texts=[texts[d] for d in first[1]], question=first[0])))
 
-    controller = RAGOptimize(RAGOptimizeConfig()).build_controller(
-        engine="transformers", model_path=args.model, default_output_tokens=1,
-        gpu_bytes=args.gpu_mb << 20, host_bytes=args.host_mb << 20)
-    engine = controller.engine
-    engine.prefill(make_request(engine, docs, paths[0], queries[0].text))  # warm-up: system prompt KV, allocator
+    out = {}
+    for name, stream in streams.items():
+        passes, stored = [], None
+        for p in range(args.passes):
+            rows, stored = one_pass(engine, rago, stream, texts, args)
+            passes.append(rows)
+            print(f"  {name}: pass {p + 1}/{args.passes} done", flush=True)
+        per_query, systems, patterns = summarize(passes, stream)
+        for hname in HYPERRAG:
+            hit = systems[hname]["doc_token_hit_rate"] * sum(r["doc_tokens"] for r in per_query)
+            stored[hname]["hit_doc_tokens_per_mib_stored"] = hit / max(stored[hname]["stored_mib"], 1e-9)
+        out[name] = {"repeats": repeat_rates(stream), "systems": systems, "by_pattern": patterns, "storage": stored,
+                     "queries": per_query}
+        B.print_table(f"{name}: {len(stream)} queries, median of {args.passes} passes per query "
+                      f"(repeated questions {out[name]['repeats']['repeated_question_rate']:.0%})",
+                      [{"system": k, **v} for k, v in systems.items()], COLUMNS)
+    quality = order_quality(engine, rago, streams.get("bundled") or next(iter(streams.values())), texts)
+    ablation = attention_ablation(args, texts, first[1], first[0])
+    print(f"cache-aware order: {quality['reordered']} of {quality['queries']} queries reordered, "
+          f"{quality['answer_changed']} greedy {ANSWER_TOKENS}-token answers changed")
+    summary = {name: {"systems": v["systems"], "repeats": v["repeats"], "storage": v["storage"],
+                      "by_pattern": v["by_pattern"]} for name, v in out.items()}
+    summary["order_quality"] = quality
+    summary["attention_ablation"] = ablation
+    summary["threads"] = torch.get_num_threads()
+    rows = [{"stream": name, "query": i, **q} for name, v in out.items() for i, q in enumerate(v["queries"])]
+    path = B.write_json("bench_real_ttft", rows, vars(args), summary=summary, engine="transformers")
+    print("wrote", path)
 
-    records = []
-    for i, (q, path) in enumerate(zip(queries, paths)):
-        rec = serve_one(controller, docs, path, q.text, q.query_id)
-        full = engine.prefill(make_request(engine, docs, path, q.text), chunked=False)
-        rec.update(query_id=q.query_id, doc_ids=path, full_ttft_s=full.seconds,
-                   same_first_token=rec["first_token"] == full.first_token_id)
-        if not rec["same_first_token"]:
-            # bf16 near-tie between one forward and per-document forwards? Compare with the latter, no reuse.
-            chunked = engine.prefill(make_request(engine, docs, path, q.text), chunked=True)
-            rec["same_as_chunked_recompute"] = rec["first_token"] == chunked.first_token_id
-        records.append(rec)
-        if (i + 1) % 20 == 0:
-            print(f"  {i + 1}/{len(queries)} queries", flush=True)
 
-    metrics = controller.metrics().as_dict()  # before the floor runs add their own hits
-    storage = {t: v for t, v in controller.cache.storage_stats().items() if t != "transfer"}
-    floors = []
-    for i in range(0, len(queries), 10):
-        floor, full_hit = floor_seconds(controller, docs, paths[i], queries[i].text, queries[i].query_id,
-                                        args.repeats)
-        floors.append({"query_id": queries[i].query_id, "floor_s": floor, "full_hit_ttft_s": full_hit})
-    ablation = attention_ablation(args.model, docs, paths[0], queries[0].text, args.repeats)
-
-    overall, steady = summarize(records), summarize(records[len(records) // 2:])
-    by_pattern = {}
-    for name, test in (("full hit", lambda r: r["matched_docs"] == len(r["doc_ids"])),
-                       ("partial", lambda r: 0 < r["matched_docs"] < len(r["doc_ids"])),
-                       ("miss", lambda r: r["matched_docs"] == 0)):
-        sel = [r for r in records if test(r)]
-        if sel:
-            by_pattern[name] = {"queries": len(sel), "reuse_median_s": statistics.median(r["ttft_s"] for r in sel),
-                                "full_median_s": statistics.median(r["full_ttft_s"] for r in sel)}
-    floor_med = statistics.median(f["floor_s"] for f in floors)
-    full_hit_med = statistics.median(f["full_hit_ttft_s"] for f in floors)
-
-    print(f"\nSmolLM2-135M {engine.dtype}, {torch.get_num_threads()} threads, {len(queries)} queries, top-{args.top_k}, "
-          f"{args.embedder} retrieval (recall@{args.top_k} of the target {retrieval_recall:.2f}, index {index_s:.1f} s)")
-    print(f"{'window':<14}{'reuse med':>10}{'reuse p90':>10}{'full med':>10}{'full p90':>10}{'speedup':>9}"
-          f"{'tok hit':>9}{'q hit':>7}{'full hit':>9}")
-    for name, s in (("all", overall), ("steady (2nd half)", steady)):
-        print(f"{name:<14}{s['reuse_median_s']*1e3:>8.0f}ms{s['reuse_p90_s']*1e3:>8.0f}ms{s['full_median_s']*1e3:>8.0f}ms"
-              f"{s['full_p90_s']*1e3:>8.0f}ms{s['median_speedup']:>8.2f}x{s['token_hit_rate']:>9.2f}"
-              f"{s['query_hit_rate']:>7.2f}{s['full_hit_rate']:>9.2f}")
-    print("\nby hit pattern: " + ", ".join(
-        f"{k}: {v['queries']} q, reuse {v['reuse_median_s']*1e3:.0f} ms vs full {v['full_median_s']*1e3:.0f} ms"
-        for k, v in by_pattern.items()))
-    print(f"floor (question-only forward on cached context, {len(floors)} prompts x {args.repeats}): "
-          f"{floor_med*1e3:.1f} ms; full-hit TTFT through the controller (cache reads + KV assembly) {full_hit_med*1e3:.1f} ms "
-          f"({full_hit_med / floor_med:.2f}x floor)")
-    differ = [r for r in records if not r["same_first_token"]]
-    print(f"first token equal with and without reuse: {len(records) - len(differ)}/{len(records)}; the "
-          f"{len(differ)} others equal the per-document-forward recompute without reuse in "
-          f"{sum(r['same_as_chunked_recompute'] for r in differ)}/{len(differ)} (bf16 near-ties of the single forward)")
-    print(f"cache (gpu {args.gpu_mb} MiB, host {args.host_mb} MiB, {controller.cache.tree.policy}): tree hit rate "
-          f"{metrics['hit_rate']:.2f}, token hit rate {metrics['token_hit_rate']:.2f}, {metrics['num_nodes']} nodes, "
-          f"used gpu {metrics['gpu_used_mib']:.0f} MiB / host {metrics['host_used_mib']:.0f} MiB, "
-          f"evictions {metrics['evictions']}")
-    print("\nattention ablation (one prompt, median of", args.repeats, "):")
-    print(f"{'cached docs':>12}{'cached tok':>11}{'stock sdpa':>12}{'prefix attn':>12}")
-    for m in range(args.top_k + 1):
-        a = [r for r in ablation if r["cached_docs"] == m]
-        print(f"{m:>12}{a[0]['cached_tokens']:>11}{a[0]['ttft_s']*1e3:>10.0f}ms{a[1]['ttft_s']*1e3:>10.0f}ms")
-
-    RESULTS.mkdir(exist_ok=True)
-    out = {
-        "config": {**vars(args), "threads": torch.get_num_threads(), "dtype": engine.dtype,
-                   "kv_bytes_per_token": engine.kv_bytes(1),
-                   "machine": platform.machine(), "torch": torch.__version__},
-        "retrieval": {"recall_at_k": retrieval_recall, "index_seconds": index_s},
-        "overall": overall, "steady_state": steady, "by_pattern": by_pattern,
-        "controller": metrics, "storage": storage,
-        "floor": {"median_floor_s": floor_med, "median_full_hit_s": full_hit_med,
-                  "full_hit_over_floor": full_hit_med / floor_med, "samples": floors},
-        "attention_ablation": ablation, "queries": records,
-    }
-    (RESULTS / "bench_real_ttft.json").write_text(json.dumps(out, indent=1))
-    print(f"\nwrote {RESULTS / 'bench_real_ttft.json'}")
-
+COLUMNS = (("system", "system", "s"), ("mean", "mean_s", B.ms), ("median", "median_s", B.ms), ("p90", "p90_s", B.ms),
+           ("p99", "p99_s", B.ms), ("doc token hit", "doc_token_hit_rate", ".1%"))
 
 if __name__ == "__main__":
     main()

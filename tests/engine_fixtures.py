@@ -50,9 +50,10 @@ def short_corpus_texts():
 
 
 class PathKVStore:
-    """An in-process dict of per-path document KV, standing in for the cache so the
-    engine is tested alone. Keys are (namespace, d1, ..., di): the KV of di after the
-    exact path [system][d1..d(i-1)], mirroring a tree node. Unbounded, no eviction."""
+    """An in-process dict of per-path segment KV, standing in for the cache so the
+    engine is tested alone. Keys are (namespace, s0, ..., si): the KV of segment si
+    (the system prompt, then documents) after the exact segments before it,
+    mirroring a tree node. Unbounded, no eviction."""
     def __init__(self):
         self._nodes: dict = {}
 

@@ -229,7 +229,7 @@ class FailingEngine(SimulatedEngine):
         self.fail_on = fail_on
 
     def prefill(self, request):
-        if self.fail_on in request.doc_ids:
+        if self.fail_on in request.prompt.segment_ids:
             raise RuntimeError("engine failure")
         return super().prefill(request)
 

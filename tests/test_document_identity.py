@@ -30,10 +30,8 @@ def test_fingerprints_are_stable_and_content_addressed():
 
 def fresh_answer(engine, texts, ids):
     """Greedy tokens of a prefill from scratch (no cached KV)."""
-    request = PrefillRequest(namespace=engine.namespace(), question=QUESTION, doc_ids=list(ids),
-                             doc_tokens=[engine.count_tokens(texts[d]) for d in ids],
-                             doc_texts=[texts[d] for d in ids])
-    return list(engine.generate(request, max_new_tokens=OUTPUT_TOKENS).token_ids)
+    prompt = engine.prompt(list(ids), doc_texts=[texts[d] for d in ids], question=QUESTION)
+    return list(engine.generate(PrefillRequest(engine.namespace(), prompt), max_new_tokens=OUTPUT_TOKENS).token_ids)
 
 
 @pytest.mark.slow
@@ -70,7 +68,8 @@ def test_changed_document_is_recomputed_and_its_stale_node_dropped(smollm2_engin
         assert r.output_token_ids == expected
         if stale_answer is not None:
             assert expected != stale_answer  # the question reads the changed digits: stale KV would show
-        assert r.cached_tokens == engine.count_tokens(texts["intro"])  # the unchanged prefix is still reused
+        # The unchanged prefix (system prompt, intro) is still reused.
+        assert r.cached_tokens == len(engine.system_ids()) + engine.count_tokens(texts["intro"])
         new_keys = keys_of("code")
         assert new_keys == {document_key("code", token_fingerprint(engine.document_ids(texts["code"])))}
         assert not new_keys & old_keys and all(cache.tree.document_nodes(k) == 0 for k in old_keys)

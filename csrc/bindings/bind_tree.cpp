@@ -271,6 +271,19 @@ void bind_tree(py::module_& m) {
           },
           py::arg("namespace"), py::arg("doc_ids"), "The longest cached prefix, recording nothing (no lookup counted).")
       .def(
+          "best_order",
+          [](const KnowledgeTree& t, py::handle ns, py::handle docs, py::handle fixed) {
+            auto n = to_string(ns, "best_order: namespace");
+            auto d = to_strings(docs, "best_order: doc_ids");
+            const auto f = to_int64(fixed, "best_order: fixed");
+            if (f < 0) throw py::value_error("best_order: fixed must be >= 0, got " + std::to_string(f));
+            py::gil_scoped_release release;
+            return t.best_order(n, d, static_cast<std::size_t>(f));
+          },
+          py::arg("namespace"), py::arg("doc_ids"), py::arg("fixed") = 0,
+          "The order of doc_ids whose cached prefix holds the most tokens: doc_ids[:fixed] first, then the\n"
+          "longest cached path through the others, then the rest in the given order. Records nothing.")
+      .def(
           "insert", on_path<&KnowledgeTree::insert>("insert"),
           py::arg("namespace"), py::arg("doc_ids"), py::arg("doc_tokens"), py::arg("doc_bytes"),
           py::arg("tier") = "gpu", py::arg("lock") = false,

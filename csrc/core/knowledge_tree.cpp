@@ -570,6 +570,54 @@ MatchResult KnowledgeTree::peek(const std::string& ns, const std::vector<std::st
   return describe(walk(ns, doc_ids));
 }
 
+std::vector<std::string> KnowledgeTree::best_order(const std::string& ns, const std::vector<std::string>& doc_ids,
+                                                   std::size_t fixed) const {
+  validate_docs("best_order", ns, doc_ids);
+  if (fixed > doc_ids.size()) {
+    throw std::invalid_argument("best_order: fixed=" + std::to_string(fixed) + " exceeds len(doc_ids)=" +
+                                std::to_string(doc_ids.size()));
+  }
+  std::lock_guard<std::mutex> guard(mu_);
+  const std::vector<std::uint32_t> head = walk(ns, {doc_ids.begin(), doc_ids.begin() + fixed});
+  if (head.size() < fixed || (fixed == 0 && !ns_index_.count(ns))) return doc_ids;
+  const std::uint32_t start = fixed ? head.back() : namespaces_[ns_index_.at(ns)].root;
+  // Depth-first over cached children that are among the free documents. The
+  // search is bounded: a tree holding many orders of one set stops at the best
+  // path found within the budget (still a cached path, never a wrong one).
+  constexpr int kBudget = 4096;
+  int visits = 0;
+  std::vector<std::size_t> path, best;
+  std::int64_t best_tokens = 0;
+  std::vector<bool> used(doc_ids.size(), false);
+  auto dfs = [&](auto&& self, std::uint32_t node, std::int64_t tokens) -> void {
+    if (tokens > best_tokens) {
+      best_tokens = tokens;
+      best = path;
+    }
+    for (std::size_t j = fixed; j < doc_ids.size() && visits < kBudget; ++j) {
+      if (used[j]) continue;
+      const std::uint32_t child = find_child(node, doc_ids[j]);
+      if (child == kNil) continue;
+      ++visits;
+      used[j] = true;
+      path.push_back(j);
+      self(self, child, tokens + nodes_[child].tokens);
+      path.pop_back();
+      used[j] = false;
+    }
+  };
+  dfs(dfs, start, 0);
+  std::vector<std::string> order(doc_ids.begin(), doc_ids.begin() + fixed);
+  std::vector<bool> taken(doc_ids.size(), false);
+  for (std::size_t j : best) {
+    order.push_back(doc_ids[j]);
+    taken[j] = true;
+  }
+  for (std::size_t j = fixed; j < doc_ids.size(); ++j)
+    if (!taken[j]) order.push_back(doc_ids[j]);
+  return order;
+}
+
 InsertResult KnowledgeTree::insert(const std::string& ns, const std::vector<std::string>& doc_ids,
                                    const std::vector<std::int64_t>& doc_tokens,
                                    const std::vector<std::int64_t>& doc_bytes, Tier tier, bool lock) {

@@ -630,3 +630,22 @@ TEST(TreeRemoveDocument, DropsEveryPathThroughItButLockedOnes) {
   EXPECT_EQ(t.stats().interned_names, 4);  // a, b, c, m: "other", x and y left with their last nodes
   EXPECT_INVARIANTS(t);
 }
+
+// ------------------------------------------------------- cache-aware order
+
+TEST(TreeBestOrder, LongestCachedPathWithinTheSetFirstThenRetrievalOrder) {
+  KnowledgeTree t(caps(100000), "lru");
+  t.insert("m", {"sys", "d1", "d2", "d3"}, {5, 10, 20, 30}, {1, 1, 1, 1});
+  t.insert("m", {"sys", "d4"}, {5, 100}, {1, 1});
+  const Snapshot before = snapshot(t);
+  // [d2, d1, d3] after [d1, d2, d3]: the cached [d1, d2] comes first.
+  EXPECT_EQ(t.best_order("m", {"sys", "d2", "d1", "d5"}, 1), (std::vector<std::string>{"sys", "d1", "d2", "d5"}));
+  // The heavier path wins: d4 (100 tokens) over d1-d2 (30).
+  EXPECT_EQ(t.best_order("m", {"sys", "d1", "d2", "d4"}, 1), (std::vector<std::string>{"sys", "d4", "d1", "d2"}));
+  // Nothing cached under the fixed head, or an unknown namespace: the given order.
+  EXPECT_EQ(t.best_order("m", {"other", "d1"}, 1), (std::vector<std::string>{"other", "d1"}));
+  EXPECT_EQ(t.best_order("x", {"d1", "d2"}), (std::vector<std::string>{"d1", "d2"}));
+  EXPECT_EQ(t.best_order("m", {"d9", "sys"}), (std::vector<std::string>{"sys", "d9"}));
+  EXPECT_THROW(t.best_order("m", {"a"}, 2), std::invalid_argument);
+  expect_same(before, snapshot(t));  // records nothing
+}

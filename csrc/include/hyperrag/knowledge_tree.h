@@ -129,6 +129,11 @@ class KnowledgeTree {
                     bool lock = false);
   // The longest cached prefix, recording nothing (no lookup counted).
   MatchResult peek(const std::string& ns, const std::vector<std::string>& doc_ids) const;
+  // The order of doc_ids whose cached prefix holds the most tokens: doc_ids[:fixed]
+  // stay first, then the longest cached path through the other documents, then
+  // the rest in their given order (ties keep the given order). Records nothing.
+  std::vector<std::string> best_order(const std::string& ns, const std::vector<std::string>& doc_ids,
+                                      std::size_t fixed = 0) const;
 
   // Adds the missing documents of the path to `tier`, evicting by policy to
   // make room. Existing prefix nodes are reused (their sizes must match);

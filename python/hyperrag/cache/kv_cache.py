@@ -260,6 +260,9 @@ class KVCache:
     def peek(self, namespace: str, doc_ids: Sequence[Any]):
         return self.tree.peek(namespace, doc_ids)
 
+    def best_order(self, namespace: str, doc_ids: Sequence[Any], fixed: int = 0):
+        return self.tree.best_order(namespace, doc_ids, fixed)
+
     def lock(self, node_ids: Sequence[int]) -> None:
         self.tree.lock(node_ids)
 

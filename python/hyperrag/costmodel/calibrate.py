@@ -123,7 +123,7 @@ def measure_prefill(hf_model, points: Sequence[Tuple[int, int]], repeats: int = 
         for p, r in runs[:warmup * len(points)] + measured:
             past = copy.deepcopy(caches[p[1]]) if p[1] else None
             start = now()
-            hf_model(inputs[p], past_key_values=past, use_cache=True, logits_to_keep=1)
+            hf_model(inputs[p], cache=past, use_cache=True, logits_to_keep=1)
             elapsed = now() - start
             if r >= warmup:
                 best[p] = min(best.get(p, float("inf")), elapsed)

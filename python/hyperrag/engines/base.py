@@ -1,17 +1,67 @@
 """The engine interface: what the serving controller asks of an LLM engine.
 
-The controller owns the cache (which documents are cached, where, locked);
-an engine only turns "KV of the cached prefix + what is missing" into the
-missing KV and a first token. Simulated, transformers and vLLM engines all
-implement this one interface.
+The controller owns the cache (which segments are cached, where, locked);
+an engine builds a query's Prompt (its cacheable segments and question,
+tokenized and checked once) and turns "KV of the cached segments + what is
+missing" into the missing segments' KV and a first token. Simulated,
+transformers and vLLM engines all implement this one interface.
 """
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from dataclasses import dataclass, field
-from typing import Callable, List, Optional, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Callable, List, Optional, Sequence, Tuple
 
 import numpy as np
+
+from hyperrag.cache.identity import document_key
+
+# The segment name of the system prompt, for engines that cache it as the first
+# segment of every prompt (a tree node like any document; never a caller's id).
+SYSTEM_SEGMENT = "<system>"
+
+
+@dataclass(frozen=True)
+class Prompt:
+    """A query's prompt as its engine will run it: cacheable segments, then the question.
+
+    Segments are the system prompt (``SYSTEM_SEGMENT``, for engines that cache
+    it) and the documents, each tokenized on its own, so a segment's tokens never
+    depend on its neighbours and the KV of segment i depends only on segments
+    0..i-1: the tree path of its node. Built once per query by ``Engine.prompt``,
+    before anything touches the cache.
+    """
+
+    segment_ids: Tuple[str, ...]       # SYSTEM_SEGMENT (when cached) then the caller's document ids
+    segment_tokens: Tuple[int, ...]    # tokens of each segment
+    fingerprints: Tuple[str, ...]      # content fingerprint of each segment (hyperrag.cache.identity)
+    question_tokens: int
+    token_ids: Optional[Tuple[Tuple[int, ...], ...]] = None  # exact ids of each segment (engines that tokenize)
+    question_ids: Optional[Tuple[int, ...]] = None
+
+    @property
+    def fixed(self) -> int:
+        """Leading segments that are not documents (the system prompt): never reordered."""
+        return 1 if self.segment_ids[:1] == (SYSTEM_SEGMENT,) else 0
+
+    @property
+    def doc_ids(self) -> Tuple[str, ...]:
+        return self.segment_ids[self.fixed:]
+
+    @property
+    def keys(self) -> Tuple[str, ...]:
+        """Tree key of each segment: its id plus its content fingerprint."""
+        return tuple(document_key(i, f) for i, f in zip(self.segment_ids, self.fingerprints))
+
+    @property
+    def tokens(self) -> int:
+        return sum(self.segment_tokens) + self.question_tokens
+
+    def select(self, order: Sequence[int]) -> "Prompt":
+        """The prompt with its segments taken in ``order`` (indices; a subset or a permutation)."""
+        pick = lambda xs: None if xs is None else tuple(xs[i] for i in order)  # noqa: E731
+        return replace(self, segment_ids=pick(self.segment_ids), segment_tokens=pick(self.segment_tokens),
+                       fingerprints=pick(self.fingerprints), token_ids=pick(self.token_ids))
 
 
 @dataclass(frozen=True)
@@ -30,17 +80,14 @@ class DocumentKV:
 
 @dataclass
 class PrefillRequest:
-    """One prefill: the cached prefix is doc_ids[:len(cached)]."""
+    """One prefill of ``prompt``: the KV of its first len(cached) segments is given."""
 
-    namespace: str                  # engine.namespace(system_prompt): model + system prompt
-    question: str
-    doc_ids: Sequence[str]
-    doc_tokens: Sequence[int]       # per-document token counts as the caller knows them
-    doc_texts: Optional[Sequence[str]] = None  # needed by real engines
-    cached: Sequence[DocumentKV] = ()          # KV of doc_ids[:len(cached)], in order
-    system_prompt: str = ""
+    namespace: str                  # engine.namespace(...): where these segments' KV is valid
+    prompt: Prompt
+    cached: Sequence[DocumentKV] = ()          # KV of prompt.segment_ids[:len(cached)], in order
     # Checked between forward passes by engines that can stop early: True raises PrefillCancelled.
     cancelled: Optional[Callable[[], bool]] = None
+    top_logits: int = 0             # also return the first token's k highest logits
 
 
 class PrefillCancelled(RuntimeError):
@@ -50,11 +97,13 @@ class PrefillCancelled(RuntimeError):
 @dataclass
 class PrefillResult:
     seconds: float                          # prefill time: measured (real) or modelled (simulated)
-    new_kv: list = field(default_factory=list)  # DocumentKV for doc_ids[len(cached):]
+    new_kv: list = field(default_factory=list)  # DocumentKV of prompt segments [len(cached):]
     question_tokens: int = 0
     first_token_id: Optional[int] = None
     logits: Optional[np.ndarray] = None     # first-token logits (real engines)
     load_seconds: float = 0.0               # part of `seconds` spent turning cached payloads into model KV
+    top_logits: list = field(default_factory=list)  # [(token id, logit)] highest first, when asked
+    extract_seconds: float = 0.0            # after the first token (and decode): copying out the new KV
 
 
 @dataclass
@@ -65,12 +114,12 @@ class GenerateResult:
 
 
 class Engine(ABC):
-    """An LLM engine that can prefill on top of cached per-document KV.
+    """An LLM engine that can prefill on top of cached per-segment KV.
 
     Capabilities the controller relies on are declared here, not probed:
     ``accounts_only`` (KV is bytes on paper; no payloads), ``preemptible`` (a
     running prefill can be stopped part-way), ``decodes`` (``generate`` works),
-    ``tokenizes`` (``count_tokens`` works).
+    ``tokenizes`` (``count_tokens`` works and prompts carry token ids).
     """
 
     name: str = "engine"
@@ -89,40 +138,27 @@ class Engine(ABC):
         """Logical KV bytes for ``tokens`` tokens of this engine's model."""
 
     @abstractmethod
+    def prompt(self, doc_ids: Sequence[str], doc_tokens: Optional[Sequence[int]] = None,
+               doc_texts: Optional[Sequence[str]] = None,
+               doc_token_ids: Optional[Sequence[Sequence[int]]] = None, question: str = "",
+               question_ids: Optional[Sequence[int]] = None, system_prompt: str = "",
+               output_tokens: int = 0) -> Prompt:
+        """The query's Prompt; ValueError naming what the engine cannot serve (a document
+        without text, counts that disagree with the tokenizer, a prompt whose tokens plus
+        ``output_tokens`` exceed ``max_context``). Changes nothing."""
+
+    @abstractmethod
     def prefill(self, request: PrefillRequest) -> PrefillResult:
-        """Compute KV for the missing documents and the question; return timing and new KV."""
+        """Compute KV for the missing segments and the question; return timing and new KV."""
 
-    def check_documents(self, doc_ids: Sequence[str], doc_tokens: Sequence[int],
-                        doc_texts: Optional[Sequence[str]]) -> None:
-        """Raise ValueError naming the document the engine cannot serve as given;
-        engines without texts accept all."""
-
-    def prompt_tokens(self, doc_tokens: Sequence[int], doc_texts: Optional[Sequence[str]], question: str,
-                      system_prompt: str) -> int:
-        """Tokens of the whole prompt (system prompt, documents, question)."""
-        return sum(int(t) for t in doc_tokens)
-
-    def check_prompt(self, doc_ids: Sequence[str], doc_tokens: Sequence[int], doc_texts: Optional[Sequence[str]],
-                     question: str, system_prompt: str, output_tokens: int) -> None:
-        """Raise ValueError naming what the engine cannot serve: a document (check_documents)
-        or a prompt whose tokens plus ``output_tokens`` exceed ``max_context``. The
-        controller calls it for every query before touching the cache."""
-        self.check_documents(doc_ids, doc_tokens, doc_texts)
-        if self.max_context is None:
-            return
-        prompt = self.prompt_tokens(doc_tokens, doc_texts, question, system_prompt)
-        if prompt + output_tokens > self.max_context:
+    def check_window(self, prompt: Prompt, output_tokens: int) -> None:
+        """ValueError when the prompt plus ``output_tokens`` exceeds ``max_context``."""
+        if self.max_context is not None and prompt.tokens + output_tokens > self.max_context:
+            docs = sum(prompt.segment_tokens[prompt.fixed:])
             raise ValueError(
-                f"the prompt has {prompt} tokens ({sum(int(t) for t in doc_tokens)} in {len(doc_tokens)} documents) "
-                f"and output_tokens={output_tokens}: {prompt + output_tokens} tokens exceed the model's context "
-                f"window of {self.max_context}")
-
-    def document_fingerprints(self, doc_tokens: Sequence[int], doc_texts: Optional[Sequence[str]]) -> List[str]:
-        """A fingerprint of each document's content, part of its cache key
-        (hyperrag.cache.identity): engines that tokenize hash the exact token ids.
-        This default, for engines without texts, uses the token count, the only
-        content they know: a document re-sent with another length is another one."""
-        return [f"n{int(t)}" for t in doc_tokens]
+                f"the prompt has {prompt.tokens} tokens ({docs} in {len(prompt.doc_ids)} documents) and "
+                f"output_tokens={output_tokens}: {prompt.tokens + output_tokens} tokens exceed the model's "
+                f"context window of {self.max_context}")
 
     def decode_seconds(self, context_tokens: int, new_tokens: int) -> float:
         """Time to generate ``new_tokens`` after prefill (0 when an engine does not model it)."""
@@ -131,10 +167,6 @@ class Engine(ABC):
     def prefill_seconds(self, cached_tokens: int, new_tokens: int) -> Optional[float]:
         """Modelled prefill time of ``new_tokens`` on ``cached_tokens`` (None: the engine measures, not models)."""
         return None
-
-    def estimate_question_tokens(self, question: str) -> int:
-        """Tokens of a question, for scheduling estimates (about 4 characters a token)."""
-        return max(1, len(question) // 4)
 
     def generate(self, request: PrefillRequest, max_new_tokens: int = 16) -> GenerateResult:
         """Prefill, then decode ``max_new_tokens`` greedily (engines with ``decodes``)."""

@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 from typing import Optional
 
-from hyperrag.engines.base import DocumentKV, Engine, PrefillRequest, PrefillResult
+from hyperrag.engines.base import DocumentKV, Engine, PrefillRequest, PrefillResult, Prompt
 
 
 class SimulatedEngine(Engine):
@@ -50,25 +50,33 @@ class SimulatedEngine(Engine):
     def kv_bytes(self, tokens: int) -> int:
         return int(tokens) * self.kv_bytes_per_token
 
-    def prompt_tokens(self, doc_tokens, doc_texts, question, system_prompt) -> int:
-        return sum(int(t) for t in doc_tokens) + self.question_tokens
+    def prompt(self, doc_ids, doc_tokens=None, doc_texts=None, doc_token_ids=None, question="", question_ids=None,
+               system_prompt="", output_tokens=0) -> Prompt:
+        """Documents as their token counts (the simulation has no text): a document's
+        fingerprint is its length, the only content it knows. The system prompt
+        selects the namespace; the question has ``question_tokens``."""
+        if doc_tokens is None:
+            if doc_token_ids is None:
+                raise ValueError("doc_tokens is required by the simulated engine (it has no tokenizer)")
+            doc_tokens = [len(ids) for ids in doc_token_ids]
+        tokens = tuple(int(t) for t in doc_tokens)
+        prompt = Prompt(tuple(doc_ids), tokens, tuple(f"n{t}" for t in tokens), self.question_tokens)
+        self.check_window(prompt, output_tokens)
+        return prompt
 
     def prefill(self, request: PrefillRequest) -> PrefillResult:
+        prompt = request.prompt
         n_cached = len(request.cached)
-        if n_cached > len(request.doc_ids):
-            raise ValueError(f"{n_cached} cached documents but only {len(request.doc_ids)} doc_ids")
+        if n_cached > len(prompt.segment_ids):
+            raise ValueError(f"{n_cached} cached segments but the prompt has {len(prompt.segment_ids)}")
         cached_tokens = sum(int(kv.tokens) for kv in request.cached)
-        new_docs = list(zip(request.doc_ids[n_cached:], request.doc_tokens[n_cached:]))
-        new_tokens = sum(int(t) for _, t in new_docs) + self.question_tokens
-        seconds = self.prefill_seconds(cached_tokens, new_tokens)
+        new = list(zip(prompt.segment_ids[n_cached:], prompt.segment_tokens[n_cached:]))
+        seconds = self.prefill_seconds(cached_tokens, sum(t for _, t in new) + self.question_tokens)
         return PrefillResult(
             seconds=seconds,
-            new_kv=[DocumentKV(doc_id=d, tokens=int(t), nbytes=self.kv_bytes(t)) for d, t in new_docs],
+            new_kv=[DocumentKV(doc_id=d, tokens=t, nbytes=self.kv_bytes(t)) for d, t in new],
             question_tokens=self.question_tokens,
         )
-
-    def estimate_question_tokens(self, question: str) -> int:
-        return self.question_tokens
 
     def prefill_seconds(self, cached_tokens: int, new_tokens: int) -> float:
         if new_tokens <= 0:

@@ -1,19 +1,27 @@
-"""A Hugging Face transformers engine with exact document-level KV reuse.
+"""A Hugging Face transformers engine that prefills on top of cached segment KV.
 
-The prompt is [system][d1]..[dk][question], each part tokenized on its own and
-concatenated, so a document's token ids never depend on its neighbours and
-the KV of document i depends only on the exact prefix [system][d1..d(i-1)],
-which is the tree path of its node.
+The prompt is [system][d1]..[dk][question] (a ``PromptFormat`` turns texts
+into these parts; callers with their own template pass token ids instead).
+Each segment is tokenized on its own and the parts concatenated, so a
+document's token ids never depend on its neighbours and the KV of segment i
+depends only on the exact segments before it: the tree path of its node. The
+system prompt is a segment like the documents, cached as the first node of
+every path.
 
-Payload layout (one DocumentKV per document): the document's token span of
+What is missing (every segment after the cached ones, and the question) is
+prefilled in ONE forward pass, as a server without reuse would, so a miss
+costs what no caching costs. ``chunked=True`` prefills each segment in its own
+forward instead, which makes a segment's KV independent of what else was
+missing (bit-exact reuse in bf16) at the cost of re-reading the weights per
+segment. Without it, reuse is exact in float32 and within bf16's own
+variation across forward shapes (see tests/test_exactness.py for the measured
+tolerance).
+
+Payload layout (one DocumentKV per segment): the segment's token span of
 every layer, shape [layers, 2 (key, value), kv_heads, tokens, head_dim] in the
 model's dtype, C-contiguous, viewed as uint8 (nbytes == kv_bytes(tokens)).
 Keys are stored after rotary embedding, so a payload is only valid at the
 position it was computed at: the tree path guarantees that.
-
-The system prompt's KV is not a tree node: the engine computes it once per
-namespace and keeps the last few in memory (it is short and shared by every
-request of the namespace). request.cached therefore covers documents only.
 """
 from __future__ import annotations
 
@@ -29,18 +37,35 @@ from typing import Optional, Sequence
 import numpy as np
 
 from ..cache.identity import token_fingerprint
-from .base import DocumentKV, Engine, GenerateResult, PrefillCancelled, PrefillRequest, PrefillResult
+from .base import (SYSTEM_SEGMENT, DocumentKV, Engine, GenerateResult, PrefillCancelled, PrefillRequest,
+                   PrefillResult, Prompt)
 
 _DTYPES = ("bfloat16", "float16", "float32")
+DEFAULT_SYSTEM_PROMPT = "You are a helpful assistant. Answer the question using the documents."
+# Chosen by measurement (bench/bench_real_ttft.py, attention ablation): see bench/README.md.
+DEFAULT_ATTENTION = "hyperrag_prefix"
+MEMO_ENTRIES = 4096  # tokenized document texts kept (documents repeat)
 
 
 @dataclass(frozen=True)
 class PromptFormat:
-    """Templates of the three prompt parts; each holds one ``{text}``."""
+    """Templates of the three prompt parts; each holds ``{text}`` exactly once.
+
+    The system part is tokenized with the tokenizer's special tokens (BOS), the
+    others without. Pass one to TransformersEngine(prompt_format=...) to serve
+    another chat template; callers with their own tokenization pass token ids
+    in the Query instead (doc_token_ids, question_ids).
+    """
 
     system: str
     document: str
     question: str
+
+    def __post_init__(self):
+        for name in ("system", "document", "question"):
+            template = getattr(self, name)
+            if not isinstance(template, str) or template.count("{text}") != 1:
+                raise ValueError(f"PromptFormat.{name} must be a str holding {{text}} exactly once, got {template!r}")
 
     @staticmethod
     def for_tokenizer(tokenizer) -> "PromptFormat":
@@ -55,11 +80,11 @@ class PromptFormat:
 
 
 class TransformersEngine(Engine):
-    """Runs a causal LM (batch 1) on top of cached per-document KV.
+    """Runs a causal LM (batch 1) on top of cached per-segment KV.
 
     Thread-safety: one forward pass at a time per engine (an internal lock);
     requests from several threads are serialized, never interleaved. The
-    tokenization memo has its own lock, so checks run beside a forward pass.
+    tokenization memo has its own lock, so prompts are built beside a forward pass.
     """
 
     name = "transformers"
@@ -71,10 +96,10 @@ class TransformersEngine(Engine):
         model_path: str = "smollm2",
         dtype: str = "bfloat16",
         device: str = "cpu",
-        system_prompt: str = "You are a helpful assistant. Answer the question using the documents.",
-        attn_implementation: str = "hyperrag_prefix",
-        chunked: bool = True,
-        max_system_prompts: int = 8,
+        system_prompt: str = DEFAULT_SYSTEM_PROMPT,
+        attn_implementation: str = DEFAULT_ATTENTION,
+        chunked: bool = False,
+        prompt_format: Optional[PromptFormat] = None,
     ):
         import torch
 
@@ -83,8 +108,10 @@ class TransformersEngine(Engine):
 
         if dtype not in _DTYPES:
             raise ValueError(f"dtype {dtype!r} is not supported; use one of {_DTYPES}")
-        if max_system_prompts < 1:
-            raise ValueError(f"max_system_prompts must be >= 1, got {max_system_prompts}")
+        if not isinstance(system_prompt, str):
+            raise ValueError(f"system_prompt must be a str, got {type(system_prompt).__name__}")
+        if prompt_format is not None and not isinstance(prompt_format, PromptFormat):
+            raise ValueError(f"prompt_format must be a PromptFormat, got {type(prompt_format).__name__}")
         prefix_attention.register()
         self.model, self.tokenizer = load_causal_lm(model_path, dtype=dtype, device=device)
         try:
@@ -101,71 +128,114 @@ class TransformersEngine(Engine):
         self.torch_dtype = getattr(torch, dtype)
         self.device = torch.device(device)
         self.system_prompt = system_prompt
-        self.format = PromptFormat.for_tokenizer(self.tokenizer)
+        self.format = prompt_format or PromptFormat.for_tokenizer(self.tokenizer)
         cfg = self.model.config.get_text_config(decoder=True)
         self.num_layers = cfg.num_hidden_layers
         self.num_kv_heads = cfg.num_key_value_heads
         self.head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
         self.max_positions = cfg.max_position_embeddings
         self.max_context = self.max_positions
+        self.vocab_size = self.model.get_input_embeddings().num_embeddings
         self._elem = torch.empty((), dtype=self.torch_dtype).element_size()
         resolved = Path(self.model.name_or_path).resolve()
         self.model_id = f"{resolved.name}-{hashlib.sha1(str(resolved).encode()).hexdigest()[:8]}-{dtype}"
         self._lock = threading.Lock()
         self._memo_lock = threading.Lock()
-        self._max_system = max_system_prompts
-        self._system_kv: "OrderedDict[str, tuple[int, list]]" = OrderedDict()
-        self._doc_ids_cache: "OrderedDict[str, list[int]]" = OrderedDict()
+        self._memo: "OrderedDict[tuple, list[int]]" = OrderedDict()
 
     # ----------------------------------------------------------------- sizes
     def namespace(self, system_prompt: str = "") -> str:
-        """Model weights + dtype + system prompt ("" means the engine's default prompt)."""
-        text = system_prompt or self.system_prompt
-        return f"{self.model_id}/sys-{hashlib.sha1(text.encode()).hexdigest()[:12]}"
+        """Model weights + dtype. The system prompt is not part of it: it is the first
+        segment of every path, so prompts with different system prompts share nothing."""
+        return self.model_id
 
     def kv_bytes(self, tokens: int) -> int:
         return 2 * self.num_layers * self.num_kv_heads * self.head_dim * self._elem * int(tokens)
 
-    def document_ids(self, text: str) -> list:
-        """Token ids of one document part (memoized: documents repeat)."""
+    # ------------------------------------------------------------ tokenizing
+    def _tokens(self, part: str, text: str) -> list:
+        """Token ids of one prompt part (memoized: documents and system prompts repeat)."""
+        key = (part, text)
         with self._memo_lock:
-            ids = self._doc_ids_cache.get(text)
-        if ids is None:
-            ids = self._encode(self.format.document.format(text=text))
-            with self._memo_lock:
-                self._doc_ids_cache[text] = ids
-                if len(self._doc_ids_cache) > 4096:
-                    self._doc_ids_cache.popitem(last=False)
+            ids = self._memo.get(key)
+            if ids is not None:
+                self._memo.move_to_end(key)
+                return ids
+        ids = self.tokenizer(getattr(self.format, part).format(text=text),
+                             add_special_tokens=part == "system")["input_ids"]
+        with self._memo_lock:
+            self._memo[key] = ids
+            if len(self._memo) > MEMO_ENTRIES:
+                self._memo.popitem(last=False)
         return ids
 
-    def document_fingerprints(self, doc_tokens, doc_texts) -> list:
-        """Hash of each document part's exact token ids (its text in this engine's template)."""
-        if doc_texts is None:
-            raise ValueError("doc_texts is required by the transformers engine (one text per doc_id)")
-        return [token_fingerprint(self.document_ids(text)) for text in doc_texts]
+    def document_ids(self, text: str) -> list:
+        """Token ids of one document part, as it stands in the prompt."""
+        return self._tokens("document", text)
 
-    def prompt_tokens(self, doc_tokens, doc_texts, question, system_prompt) -> int:
-        system = self._encode(self.format.system.format(text=system_prompt or self.system_prompt), special=True)
-        question_ids = self._encode(self.format.question.format(text=question))
-        return len(system) + sum(len(self.document_ids(t)) for t in doc_texts) + len(question_ids)
+    def system_ids(self, system_prompt: str = "") -> list:
+        return self._tokens("system", system_prompt or self.system_prompt)
+
+    def question_ids(self, question: str) -> list:
+        return self._tokens("question", question)
 
     def count_tokens(self, text: str) -> int:
         """Tokens a document occupies in the prompt: use it for doc_tokens."""
         return len(self.document_ids(text))
 
-    def _encode(self, text: str, special: bool = False) -> list:
-        return self.tokenizer(text, add_special_tokens=special)["input_ids"]
+    def prompt(self, doc_ids, doc_tokens=None, doc_texts=None, doc_token_ids=None, question="", question_ids=None,
+               system_prompt="", output_tokens=0) -> Prompt:
+        """[system][documents][question] as token ids: documents from doc_token_ids (exact,
+        the caller's template) or doc_texts (this engine's PromptFormat); the question
+        from question_ids or its text. doc_tokens, when given, must agree."""
+        n = len(doc_ids)
+        if doc_token_ids is not None:
+            parts = [self._checked_ids(ids, f"doc_token_ids[{i}]") for i, ids in enumerate(doc_token_ids)]
+            source = "doc_token_ids"
+        elif doc_texts is not None:
+            for i, text in enumerate(doc_texts):
+                if not isinstance(text, str):
+                    raise ValueError(f"doc_texts[{i}] ({doc_ids[i]!r}) must be a str, got {type(text).__name__}")
+            parts = [self.document_ids(text) for text in doc_texts]
+            source = "doc_texts"
+        else:
+            raise ValueError("doc_texts or doc_token_ids is required by the transformers engine (one per doc_id)")
+        if len(parts) != n or (doc_tokens is not None and len(doc_tokens) != n):
+            raise ValueError(f"doc_ids ({n}), doc_tokens ({'-' if doc_tokens is None else len(doc_tokens)}) and "
+                             f"{source} ({len(parts)}) must have the same length")
+        for i, part in enumerate(parts):
+            if not part:
+                raise ValueError(f"{source}[{i}] ({doc_ids[i]!r}) has no tokens")
+            if doc_tokens is not None and int(doc_tokens[i]) != len(part):
+                raise ValueError(f"doc_tokens[{i}]={doc_tokens[i]} but document {doc_ids[i]!r} has {len(part)} tokens "
+                                 f"in this engine's prompt; use engine.count_tokens(text) or leave doc_tokens out")
+        system = self.system_ids(system_prompt)
+        question = self._checked_ids(question_ids, "question_ids") if question_ids is not None \
+            else self.question_ids(question)
+        segments = (tuple(system), *(tuple(p) for p in parts))
+        prompt = Prompt(
+            segment_ids=(SYSTEM_SEGMENT, *doc_ids),
+            segment_tokens=tuple(len(s) for s in segments),
+            fingerprints=tuple(token_fingerprint(s) for s in segments),
+            question_tokens=len(question),
+            token_ids=segments,
+            question_ids=tuple(question),
+        )
+        self.check_window(prompt, output_tokens)
+        return prompt
+
+    def _checked_ids(self, ids, field: str) -> list:
+        ids = list(ids)
+        bad = next((t for t in ids if isinstance(t, bool) or not isinstance(t, (int, np.integer))
+                    or not 0 <= t < self.vocab_size), None)
+        if bad is not None:
+            raise ValueError(f"{field} must hold token ids in [0, {self.vocab_size}), got {bad!r}")
+        return [int(t) for t in ids]
 
     # ------------------------------------------------------------- prefill
     def prefill(self, request: PrefillRequest, *, chunked: Optional[bool] = None) -> PrefillResult:
-        """Prefill the missing documents and the question on top of request.cached.
-
-        chunked (default: the engine's ``chunked``) prefills each document in
-        its own forward pass, so a document's KV is computed with the same
-        shapes whether or not its prefix was cached: reuse is then bit-exact,
-        even in bf16. chunked=False runs one forward over everything missing
-        (what a server without document reuse does).
-        """
+        """Prefill the missing segments and the question on top of request.cached
+        (chunked: default the engine's; see the module docstring)."""
         return self._run(request, 1, chunked).prefill
 
     def generate(self, request: PrefillRequest, max_new_tokens: int = 16, *,
@@ -177,114 +247,80 @@ class TransformersEngine(Engine):
 
     def _run(self, request: PrefillRequest, max_new_tokens: int, chunked: Optional[bool]) -> GenerateResult:
         chunked = self.chunked if chunked is None else chunked
-        system_prompt = request.system_prompt if request.system_prompt else self.system_prompt
-        doc_parts = self._validate(request, system_prompt)
-        question_ids = self._encode(self.format.question.format(text=request.question))
+        prompt = self._validate(request, max_new_tokens)
         torch = self.torch
+        m = len(request.cached)
+        missing = list(prompt.token_ids[m:])
+        question = list(prompt.question_ids)
+        chunks = [*missing, question] if chunked else [[t for part in missing for t in part] + question]
         with self._lock, torch.inference_mode():
             start = time.perf_counter()
-            sys_len, sys_kv = self._system(request.namespace, system_prompt)
-            total = sys_len + sum(len(p) for p in doc_parts) + len(question_ids)
-            if total + max_new_tokens - 1 > self.max_positions:  # the last token is sampled, never fed back
-                raise ValueError(
-                    f"prompt of {total} tokens (system {sys_len}, documents "
-                    f"{[len(p) for p in doc_parts]}, question {len(question_ids)}) plus {max_new_tokens} new tokens "
-                    f"exceeds the model's context window max_position_embeddings={self.max_positions}"
-                )
-            m = len(request.cached)
-            load_start = time.perf_counter()
-            cache = self._assemble(sys_kv, request.cached)
-            load_seconds = time.perf_counter() - load_start
-            chunks = [*doc_parts[m:], question_ids] if chunked else [[t for p in doc_parts[m:] for t in p] + question_ids]
+            cache = self._assemble(request.cached)
+            load_seconds = time.perf_counter() - start
             for chunk in chunks:
                 self._check_cancelled(request)
                 input_ids = torch.tensor([chunk], dtype=torch.long, device=self.device)
-                out = self.model(input_ids=input_ids, past_key_values=cache, use_cache=True, logits_to_keep=1)
+                out = self.model(input_ids=input_ids, cache=cache, use_cache=True, logits_to_keep=1)
             logits = out.logits[0, -1].float()
             first = int(torch.argmax(logits))
             seconds = time.perf_counter() - start
+            top = []
+            if request.top_logits:
+                values, ids = torch.topk(logits, min(int(request.top_logits), logits.numel()))
+                top = [(int(i), float(v)) for i, v in zip(ids, values)]
             tokens = [first]
             decode_start = time.perf_counter()
             next_id = first
             for _ in range(max_new_tokens - 1):
                 self._check_cancelled(request)
-                step = self.model(
-                    input_ids=torch.tensor([[next_id]], device=self.device),
-                    past_key_values=cache,
-                    use_cache=True,
-                )
+                step = self.model(input_ids=torch.tensor([[next_id]], device=self.device), cache=cache,
+                                  use_cache=True)
                 next_id = int(torch.argmax(step.logits[0, -1]))
                 tokens.append(next_id)
             decode_seconds = time.perf_counter() - decode_start
-            offset = sys_len + sum(len(p) for p in doc_parts[:m])
+            extract_start = time.perf_counter()
+            offset = sum(prompt.segment_tokens[:m])
             new_kv = []
-            for doc_id, part in zip(request.doc_ids[m:], doc_parts[m:]):
-                new_kv.append(self._extract(cache, doc_id, offset, len(part)))
-                offset += len(part)
-        result = PrefillResult(
-            seconds=seconds,
-            new_kv=new_kv,
-            question_tokens=len(question_ids),
-            first_token_id=first,
-            logits=logits.cpu().numpy(),
-            load_seconds=load_seconds,
-        )
+            for seg_id, n in zip(prompt.segment_ids[m:], prompt.segment_tokens[m:]):
+                new_kv.append(self._extract(cache, seg_id, offset, n))
+                offset += n
+            extract_seconds = time.perf_counter() - extract_start
+        result = PrefillResult(seconds=seconds, new_kv=new_kv, question_tokens=len(question), first_token_id=first,
+                               logits=logits.cpu().numpy(), load_seconds=load_seconds, top_logits=top,
+                               extract_seconds=extract_seconds)
         return GenerateResult(prefill=result, token_ids=tokens, decode_seconds=decode_seconds)
 
     @staticmethod
     def _check_cancelled(request: PrefillRequest) -> None:
         if request.cancelled is not None and request.cancelled():
-            raise PrefillCancelled(f"prefill of {list(request.doc_ids)} cancelled")
+            raise PrefillCancelled(f"prefill of {list(request.prompt.segment_ids)} cancelled")
 
     # ---------------------------------------------------------- validation
-    def _validate(self, request: PrefillRequest, system_prompt: str) -> list:
-        """Check everything before any compute; return each document's token ids."""
-        expected_ns = self.namespace(system_prompt)
-        if request.namespace != expected_ns:
-            raise ValueError(
-                f"namespace {request.namespace!r} does not match this engine and system prompt "
-                f"(expected {expected_ns!r}); build it with engine.namespace(system_prompt)"
-            )
-        if len(request.cached) > len(request.doc_ids):
-            raise ValueError(f"cached has {len(request.cached)} entries but there are only {len(request.doc_ids)} doc_ids")
-        parts = self.check_documents(request.doc_ids, request.doc_tokens, request.doc_texts)
+    def _validate(self, request: PrefillRequest, max_new_tokens: int) -> Prompt:
+        """Check everything before any compute."""
+        prompt = request.prompt
+        if request.namespace != self.namespace():
+            raise ValueError(f"namespace {request.namespace!r} does not match this engine (expected "
+                             f"{self.namespace()!r}); build it with engine.namespace()")
+        if prompt.token_ids is None or prompt.question_ids is None:
+            raise ValueError("the prompt carries no token ids; build it with this engine's prompt()")
+        if len(request.cached) > len(prompt.segment_ids):
+            raise ValueError(f"cached has {len(request.cached)} entries but the prompt has only "
+                             f"{len(prompt.segment_ids)} segments")
         for i, kv in enumerate(request.cached):
-            self._check_cached(i, kv, request.doc_ids[i], len(parts[i]))
-        return parts
-
-    def check_documents(self, doc_ids, doc_tokens, doc_texts) -> list:
-        """Check that every document has a text that fits the context window and that
-        doc_tokens[i] == count_tokens(doc_texts[i]); return each document's token ids."""
-        n = len(doc_ids)
-        if doc_texts is None:
-            raise ValueError("doc_texts is required by the transformers engine (one text per doc_id)")
-        if len(doc_texts) != n or len(doc_tokens) != n:
+            self._check_cached(i, kv, prompt.segment_ids[i], prompt.segment_tokens[i])
+        if prompt.tokens + max_new_tokens - 1 > self.max_positions:  # the last token is sampled, never fed back
             raise ValueError(
-                f"doc_ids ({n}), doc_tokens ({len(doc_tokens)}) and doc_texts "
-                f"({len(doc_texts)}) must have the same length"
-            )
-        for i, text in enumerate(doc_texts):
-            if not isinstance(text, str):
-                raise ValueError(f"doc_texts[{i}] ({doc_ids[i]!r}) must be a str, got {type(text).__name__}")
-        parts = [self.document_ids(text) for text in doc_texts]
-        for i, part in enumerate(parts):
-            if len(part) >= self.max_positions:
-                raise ValueError(
-                    f"doc_texts[{i}] ({doc_ids[i]!r}) has {len(part)} tokens, too long for the "
-                    f"context window max_position_embeddings={self.max_positions}"
-                )
-            if int(doc_tokens[i]) != len(part):
-                raise ValueError(
-                    f"doc_tokens[{i}]={doc_tokens[i]} but document {doc_ids[i]!r} has "
-                    f"{len(part)} tokens in this engine's prompt; use engine.count_tokens(text)"
-                )
-        return parts
+                f"prompt of {prompt.tokens} tokens (segments {list(prompt.segment_tokens)}, question "
+                f"{prompt.question_tokens}) plus {max_new_tokens} new tokens exceeds the model's context window "
+                f"max_position_embeddings={self.max_positions}")
+        return prompt
 
-    def _check_cached(self, i: int, kv: DocumentKV, doc_id: str, tokens: int) -> None:
-        if kv.doc_id != doc_id:
-            raise ValueError(f"cached[{i}].doc_id is {kv.doc_id!r} but doc_ids[{i}] is {doc_id!r}")
+    def _check_cached(self, i: int, kv: DocumentKV, segment_id: str, tokens: int) -> None:
+        if kv.doc_id != segment_id:
+            raise ValueError(f"cached[{i}].doc_id is {kv.doc_id!r} but segment {i} is {segment_id!r}")
         if kv.tokens != tokens:
-            raise ValueError(f"cached[{i}].tokens is {kv.tokens} but document {doc_id!r} has {tokens} tokens")
+            raise ValueError(f"cached[{i}].tokens is {kv.tokens} but segment {segment_id!r} has {tokens} tokens")
         payload = kv.payload
         if not isinstance(payload, np.ndarray):
             raise ValueError(f"cached[{i}].payload must be a numpy uint8 array, got {type(payload).__name__}")
@@ -298,22 +334,6 @@ class TransformersEngine(Engine):
             )
 
     # ---------------------------------------------------------- KV plumbing
-    def _system(self, namespace: str, system_prompt: str):
-        """(tokens, [(k, v)] per layer) of the system prompt, computed once per namespace."""
-        hit = self._system_kv.get(namespace)
-        if hit is not None:
-            self._system_kv.move_to_end(namespace)
-            return hit
-        ids = self._encode(self.format.system.format(text=system_prompt), special=True)
-        cache = self._new_cache()
-        self.model(input_ids=self.torch.tensor([ids], device=self.device), past_key_values=cache, use_cache=True,
-                   logits_to_keep=1)
-        entry = (len(ids), [(layer.keys, layer.values) for layer in cache.layers])
-        self._system_kv[namespace] = entry
-        if len(self._system_kv) > self._max_system:
-            self._system_kv.popitem(last=False)
-        return entry
-
     def _new_cache(self, layers=()):
         """A DynamicCache holding ``layers`` [(keys, values)] as they are.
 
@@ -338,24 +358,22 @@ class TransformersEngine(Engine):
             raw = self.torch.from_numpy(array)
         return raw.view(self.torch_dtype).view(self.num_layers, 2, self.num_kv_heads, kv.tokens, self.head_dim)
 
-    def _assemble(self, sys_kv, cached: Sequence[DocumentKV]):
-        """A DynamicCache holding system + cached documents (one concatenation per layer)."""
+    def _assemble(self, cached: Sequence[DocumentKV]):
+        """A DynamicCache holding the cached segments (one concatenation per layer)."""
+        if not cached:
+            return self._new_cache()
         torch = self.torch
-        docs = [self._payload_tensor(kv).to(self.device) for kv in cached]
-        layers = []
-        for layer, (keys, values) in enumerate(sys_kv):
-            if docs:
-                keys = torch.cat([keys] + [d[layer, 0].unsqueeze(0) for d in docs], dim=2)
-                values = torch.cat([values] + [d[layer, 1].unsqueeze(0) for d in docs], dim=2)
-            layers.append((keys, values))
+        parts = [self._payload_tensor(kv).to(self.device) for kv in cached]
+        layers = [(torch.cat([p[layer, 0].unsqueeze(0) for p in parts], dim=2),
+                   torch.cat([p[layer, 1].unsqueeze(0) for p in parts], dim=2)) for layer in range(self.num_layers)]
         return self._new_cache(layers)
 
-    def _extract(self, cache, doc_id: str, start: int, tokens: int) -> DocumentKV:
-        """Copy one document's span of every layer into a fresh payload."""
+    def _extract(self, cache, segment_id: str, start: int, tokens: int) -> DocumentKV:
+        """Copy one segment's span of every layer into a fresh payload."""
         torch = self.torch
         out = torch.empty((self.num_layers, 2, self.num_kv_heads, tokens, self.head_dim), dtype=self.torch_dtype)
         for i, layer in enumerate(cache.layers):
             out[i, 0].copy_(layer.keys[0, :, start:start + tokens])
             out[i, 1].copy_(layer.values[0, :, start:start + tokens])
         payload = out.view(-1).view(torch.uint8).numpy()
-        return DocumentKV(doc_id=doc_id, tokens=tokens, nbytes=payload.nbytes, payload=payload)
+        return DocumentKV(doc_id=segment_id, tokens=tokens, nbytes=payload.nbytes, payload=payload)

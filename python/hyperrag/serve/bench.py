@@ -262,11 +262,11 @@ ABLATION_COLUMNS = (
 
 
 def write_json(name: str, rows: List[dict], args: dict, out_dir: Optional[Path] = None,
-               summary: Optional[dict] = None) -> Path:
+               summary: Optional[dict] = None, engine: str = "simulated") -> Path:
     out_dir = Path(out_dir) if out_dir else RESULTS_DIR
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / f"{name}.json"
-    payload = {"benchmark": name, "args": args, "engine": "simulated", "commit": _commit(),
+    payload = {"benchmark": name, "args": args, "engine": engine, "commit": _commit(),
                "python": platform.python_version(), "rows": rows}
     if summary is not None:
         payload["summary"] = summary

@@ -25,13 +25,17 @@ def build_controller(config, schedule, engine: str = "simulated", *, stage_secon
     """A controller serving ``config``'s workload with ``schedule``'s resources.
 
     engine: "simulated" (times from the cost model, all cache operations
-    real) or "transformers" (needs ``model_path=``). stage_seconds: per-query
+    real), "transformers" (needs ``model_path=``), or a TransformersEngine
+    already loaded (several controllers then share one model in memory; its
+    forward passes are serialized by the engine). stage_seconds: per-query
     seconds of the paradigm's "retrieval", "rewriter" and "reranker" stages
     (RAGOptimize.build_controller computes them; None: no modelled stages).
     Keyword arguments: ``use_cache`` (False: no KV reuse, the baseline),
     ``reorder``, ``speculative``, ``speculative_pool``, ``starvation_window_s``,
-    ``policy``, ``gpu_bytes`` / ``host_bytes`` (override the budgets; 0 means
-    no such tier), ``storage_scale``, ``block_bytes``; the transformers engine also takes
+    ``doc_order`` ("retrieval" | "cache_aware"), ``admission`` ("all" |
+    "reused_prefix"), ``system_prompt``, ``policy``, ``gpu_bytes`` /
+    ``host_bytes`` (override the budgets; 0 means no such tier),
+    ``storage_scale``, ``block_bytes``; the transformers engine also takes
     ``model_path`` (a local Hugging Face directory or "smollm2"),
     ``engine_kwargs`` (passed to TransformersEngine) and
     ``default_output_tokens`` (greedy answer length when a Query does not set
@@ -39,16 +43,20 @@ def build_controller(config, schedule, engine: str = "simulated", *, stage_secon
     (storage_scale 1) and node sizes follow the engine's model, whatever model
     the config names.
     """
+    from hyperrag.engines.base import Engine
+
+    if isinstance(engine, Engine):
+        return _build_transformers(config, schedule, loaded=engine, **kwargs)
     if engine not in ENGINES:
-        raise ValueError(f"engine {engine!r} is unknown; allowed: {', '.join(ENGINES)}")
+        raise ValueError(f"engine {engine!r} is unknown; allowed: {', '.join(ENGINES)} or a TransformersEngine")
     if engine == "transformers":
         return _build_transformers(config, schedule, **kwargs)
     return _build_simulated(config, schedule, stage_seconds or {}, **kwargs)
 
 
 def _controller_options(kwargs: dict) -> dict:
-    return {k: kwargs.pop(k) for k in ("reorder", "speculative", "speculative_pool", "starvation_window_s")
-            if k in kwargs}
+    return {k: kwargs.pop(k) for k in ("reorder", "speculative", "speculative_pool", "starvation_window_s",
+                                       "doc_order", "admission", "system_prompt") if k in kwargs}
 
 
 def _budget(kwargs: dict, name: str, default_bytes: float) -> int:
@@ -145,16 +153,25 @@ def _engine_cost(config, engine):
     return LLMCostModel(model, device, 1, dtype_bytes=engine.model.dtype.itemsize, efficiency=config.efficiency)
 
 
-def _build_transformers(config, schedule, **kwargs) -> RAGServeController:
-    model_path = kwargs.pop("model_path", None)
-    if not model_path or not isinstance(model_path, str):
-        raise ValueError("engine='transformers' needs model_path= (a local Hugging Face directory or 'smollm2'), "
-                         f"got {model_path!r}")
+def _build_transformers(config, schedule, loaded=None, **kwargs) -> RAGServeController:
     from hyperrag.engines.transformers_engine import TransformersEngine
 
+    if loaded is not None:
+        if not isinstance(loaded, TransformersEngine):
+            raise ValueError(f"engine must be 'simulated', 'transformers' or a TransformersEngine, "
+                             f"got a {type(loaded).__name__}")
+        for name in ("model_path", "engine_kwargs"):
+            if name in kwargs:
+                raise TypeError(f"build_controller got {name} with an engine already loaded")
+        engine = loaded
+    else:
+        model_path = kwargs.pop("model_path", None)
+        if not model_path or not isinstance(model_path, str):
+            raise ValueError("engine='transformers' needs model_path= (a local Hugging Face directory or "
+                             f"'smollm2'), got {model_path!r}")
+        engine = TransformersEngine(model_path=model_path, **kwargs.pop("engine_kwargs", {}))
     options = _controller_options(kwargs)
     use_cache = kwargs.pop("use_cache", True)
-    engine = TransformersEngine(model_path=model_path, **kwargs.pop("engine_kwargs", {}))
     cache = None
     if use_cache:
         cache = _make_cache(config, _cost_profile(_engine_cost(config, engine)), False, kwargs)

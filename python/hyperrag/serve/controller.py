@@ -16,15 +16,18 @@ docs/concurrency.md has the whole design.
 """
 from __future__ import annotations
 
-from typing import Dict, Iterable, List, Mapping, Optional, Sequence
+import time
+from typing import Iterable, List, Mapping, Optional, Sequence
 
-from hyperrag.engines.base import Engine
+from hyperrag.engines.base import Engine, Prompt
 from hyperrag.serve.metrics import ControllerMetrics, MetricsRecorder
 from hyperrag.serve.pipeline import PipelineTiming
 from hyperrag.serve.query import Query, QueryResult
 from hyperrag.serve.scheduler import Run
 from hyperrag.serve.speculation import serve_staged
-from hyperrag.serve.transactions import CacheTransactions
+from hyperrag.serve.transactions import ADMISSIONS, CacheTransactions
+
+DOC_ORDERS = ("retrieval", "cache_aware")
 
 
 class RAGServeController:
@@ -37,16 +40,21 @@ class RAGServeController:
     ``speculative`` allows at most ``speculative_pool`` unresolved speculative
     prefills per call; they run only when no final job waits for the engine.
     ``default_output_tokens`` is the answer length of queries that do not set
-    ``output_tokens``. Documents are cached under their id plus a fingerprint of
-    their content, so a document re-sent with changed content is recomputed and
-    its old KV dropped. Safe to call from many threads (see the module docstring).
+    ``output_tokens`` (real engines decode that many tokens for real).
+    ``doc_order``: "retrieval" prompts documents in the retriever's order;
+    "cache_aware" in the order whose cached prefix is longest (single-hop
+    queries). ``admission``: which new segments get a cache node ("all", or
+    "reused_prefix": see transactions.py). Documents are cached under their id
+    plus a fingerprint of their content, so a document re-sent with changed
+    content is recomputed and its old KV dropped. Safe to call from many threads
+    (see the module docstring).
     """
 
     def __init__(self, engine: Engine, cache=None, timing: Optional[PipelineTiming] = None, *,
                  reorder: bool = True, starvation_window_s: float = 1.0,
                  speculative: bool = True, speculative_pool: int = 4,
                  insert_tier: str = "gpu", system_prompt: str = "", default_output_tokens: int = 0,
-                 config=None, schedule=None):
+                 doc_order: str = "retrieval", admission: str = "all", config=None, schedule=None):
         if not isinstance(engine, Engine):
             raise TypeError(f"engine must be a hyperrag Engine, got {type(engine).__name__}")
         if isinstance(starvation_window_s, bool) or not isinstance(starvation_window_s, (int, float)) \
@@ -57,6 +65,10 @@ class RAGServeController:
                 raise ValueError(f"{name} must be an integer >= 0, got {value!r}")
         if not isinstance(system_prompt, str):
             raise ValueError(f"system_prompt must be a str, got {type(system_prompt).__name__}")
+        if doc_order not in DOC_ORDERS:
+            raise ValueError(f"doc_order {doc_order!r} is unknown; allowed: {', '.join(DOC_ORDERS)}")
+        if admission not in ADMISSIONS:
+            raise ValueError(f"admission {admission!r} is unknown; allowed: {', '.join(ADMISSIONS)}")
         self.engine = engine
         self.cache = cache
         self.timing = timing or PipelineTiming()
@@ -66,10 +78,11 @@ class RAGServeController:
         self.speculative_pool = speculative_pool
         self.system_prompt = system_prompt
         self.default_output_tokens = default_output_tokens
+        self.doc_order = doc_order
         self.config = config
         self.schedule = schedule
         self.recorder = MetricsRecorder()
-        self.transactions = CacheTransactions(cache, engine, insert_tier, self.recorder)
+        self.transactions = CacheTransactions(cache, engine, insert_tier, self.recorder, admission)
 
     # ----------------------------------------------------------------- public
     def process(self, query: Query) -> QueryResult:
@@ -83,11 +96,12 @@ class RAGServeController:
         fails, every lock this call took is released and nothing of the failed
         prefill is stored; the exception propagates.
         """
+        t0 = time.perf_counter()
         if isinstance(queries, (str, bytes, Query)) or not hasattr(queries, "__iter__"):
             raise TypeError(f"queries must be a list of Query, got {type(queries).__name__}")
         queries = list(queries)
-        keys = self.prepare(queries)
-        return Run(self).serve(queries, keys)
+        prompts = self.prepare(queries)
+        return Run(self, t0).serve(queries, prompts)
 
     def process_staged(self, query_id: str, text: str, stages: Iterable, doc_texts: Mapping[str, str], *,
                        system_prompt: str = "", output_tokens: Optional[int] = None) -> QueryResult:
@@ -111,23 +125,27 @@ class RAGServeController:
         return self.recorder.snapshot(self.cache)
 
     # ---------------------------------------------------------- used by runs
-    def prepare(self, queries: Sequence[Query]) -> List[Dict[str, str]]:
-        """Validate every query (nothing changes on failure), then the tree key of each
-        document (dropping the old nodes of documents whose content changed)."""
-        ids = set()
+    def prepare(self, queries: Sequence[Query]) -> List[Prompt]:
+        """Validate every query and build its prompt (tokenized, checked against the
+        model's window); nothing changes on failure. Then record each document's
+        content, dropping the old nodes of documents whose content changed."""
+        ids, prompts = set(), []
         for q in queries:
             if not isinstance(q, Query):
                 raise TypeError(f"expected a hyperrag Query, got {type(q).__name__}")
             q.validate()
             try:
-                self.engine.check_prompt(q.doc_ids, q.doc_tokens, q.doc_texts, q.text,
-                                         q.system_prompt or self.system_prompt, self.output_tokens(q))
+                prompts.append(self.engine.prompt(
+                    q.doc_ids, q.doc_tokens, q.doc_texts, q.doc_token_ids, q.text, q.question_ids,
+                    q.system_prompt or self.system_prompt, self.output_tokens(q)))
             except ValueError as e:
                 raise ValueError(f"query {q.query_id!r}: {e}") from e
             if q.query_id in ids:
                 raise ValueError(f"duplicate query_id {q.query_id!r} in the batch; query ids must be unique")
             ids.add(q.query_id)
-        return [self.transactions.keys(q.doc_ids, q.doc_tokens, q.doc_texts) for q in queries]
+        for prompt in prompts:
+            self.transactions.track(prompt)
+        return prompts
 
     def output_tokens(self, q: Query) -> int:
         return self.default_output_tokens if q.output_tokens is None else int(q.output_tokens)

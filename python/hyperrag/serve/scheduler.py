@@ -18,8 +18,16 @@ is stored). Waiting jobs are served by cached_len / compute_len (cache-aware
 reordering) unless the oldest has waited longer than the starvation window.
 
 Times come from the engine: modelled (simulated) or measured (real engines).
-A measured job's time on the lane is its wall time, so it includes waiting for
-an engine busy with another thread's work.
+With a measured engine the run's clock never lags the wall clock: a job starts
+no earlier than the wall time since the call began, so TTFT covers everything
+from the call to the first token (validating and tokenizing the query, cache
+lookups and reads, waiting for an engine busy with another thread's work, the
+prefill), and storing new KV after the first token does not count.
+
+Document order: with ``doc_order="cache_aware"`` a single-hop query's documents
+are prompted in the order whose cached prefix is longest (the server's choice:
+the retrieved set is what the answer depends on); "retrieval" keeps the
+retriever's order.
 """
 from __future__ import annotations
 
@@ -32,7 +40,7 @@ from typing import TYPE_CHECKING, Dict, List, Optional
 
 import numpy as np
 
-from hyperrag.engines.base import PrefillRequest
+from hyperrag.engines.base import PrefillRequest, Prompt
 from hyperrag.serve.query import Query, QueryResult
 from hyperrag.serve.transactions import Lookup
 
@@ -47,9 +55,7 @@ class Job:
     seq: int
     qs: "QueryState"
     hop: int
-    doc_ids: List[str]
-    doc_tokens: List[int]
-    keys: List[str]              # tree keys of doc_ids (id + content fingerprint)
+    prompt: Prompt               # the segments of this job's path (system, documents) and the question
     speculative: bool
     ready_s: float
     lookup: Lookup = field(default_factory=Lookup)  # locked until the job finishes
@@ -76,7 +82,7 @@ class QueryState:
     index: int
     arrival_s: float
     bounds: tuple
-    keys: Dict[str, str] = field(default_factory=dict)  # document id -> tree key
+    prompt: Prompt               # every segment of the query, in retrieval order
     hop: int = 0
     hop_start_s: float = 0.0
     spec: Optional[Job] = None
@@ -92,11 +98,13 @@ class QueryState:
 class Run:
     """The schedule of one call (see the module docstring). Not shared between threads."""
 
-    def __init__(self, ctl: "RAGServeController"):
+    def __init__(self, ctl: "RAGServeController", t0: float):
         self.ctl = ctl
         self.engine = ctl.engine
         self.timing = ctl.timing
         self.tx = ctl.transactions
+        self.t0 = t0                     # perf_counter() when the call began
+        self.measured = not self.engine.accounts_only
         self.events: list = []
         self.seq = itertools.count()
         self.now = 0.0
@@ -107,12 +115,12 @@ class Run:
         self.retrieval_free = [0.0] * int(self.timing.retrieval_workers)
 
     # ------------------------------------------------------------------ driver
-    def serve(self, queries: List[Query], keys: List[Dict[str, str]]) -> List[QueryResult]:
+    def serve(self, queries: List[Query], prompts: List[Prompt]) -> List[QueryResult]:
         """Serve queries arriving at their arrival_s; results in input order. If the
         engine fails, every lock this run took is released and nothing of the failed
         prefill is stored; the exception propagates."""
-        states = [QueryState(query=q, index=i, arrival_s=float(q.arrival_s), bounds=q.hop_bounds(), keys=k)
-                  for i, (q, k) in enumerate(zip(queries, keys))]
+        states = [QueryState(query=q, index=i, arrival_s=float(q.arrival_s), bounds=q.hop_bounds(), prompt=p)
+                  for i, (q, p) in enumerate(zip(queries, prompts))]
         try:
             for qs in states:
                 self.at(qs.arrival_s + self.timing.rewriter_s, self.start_hop, qs)
@@ -150,9 +158,9 @@ class Run:
             t += dt
             self.at(t, self.stage_done, qs, s)
 
-    def hop_path(self, qs: QueryState):
-        end = qs.bounds[qs.hop]
-        return list(qs.query.doc_ids[:end]), [int(x) for x in qs.query.doc_tokens[:end]]
+    def hop_path(self, qs: QueryState) -> Prompt:
+        """The query's segments up to the end of its current hop."""
+        return qs.prompt.select(range(qs.prompt.fixed + qs.bounds[qs.hop]))
 
     def stage_done(self, qs: QueryState, stage: int) -> None:
         last = int(self.timing.retrieval_stages) - 1
@@ -163,37 +171,52 @@ class Run:
             return
         q = qs.query
         start = qs.bounds[qs.hop - 1] if qs.hop else 0
-        final_ids, final_toks = self.hop_path(qs)
-        interim = self.timing.interim(q.query_id, qs.hop, final_ids[start:],
+        final = self.hop_path(qs)
+        fixed = final.fixed
+        interim = self.timing.interim(q.query_id, qs.hop, list(final.segment_ids[fixed + start:]),
                                       q.interim_doc_ids if qs.hop == 0 and q.interim_doc_ids else None)[stage]
-        tokens_of = dict(zip(q.doc_ids, (int(x) for x in q.doc_tokens)))
-        path = final_ids[:start] + list(interim)
-        # A modelled interim document ("d~stage1") has its final document's length.
-        toks = [tokens_of.get(d, tokens_of.get(d.split("~stage")[0])) for d in interim]
-        if qs.spec is not None and qs.spec.doc_ids == path:
+        path = self.interim_prompt(qs, final, list(final.segment_ids[:fixed + start]) + list(interim))
+        if qs.spec is not None and path is not None and self.same_documents(qs.spec.prompt, path):
             return
         if qs.spec is not None:
             self.discard(qs.spec)
             qs.spec = None
-        if None in toks or self.active_spec >= self.ctl.speculative_pool:
+        if path is None or self.active_spec >= self.ctl.speculative_pool:
             return
-        missing = [d for d in path if d not in qs.keys]
-        if missing:  # modelled interim documents the query does not carry
-            if q.doc_texts is not None:
-                return  # an engine that reads texts cannot prefill a document it has no text for
-            tokens_on_path = dict(zip(path, final_toks[:start] + toks))
-            qs.keys.update(self.tx.keys(missing, [tokens_on_path[d] for d in missing], None))
-        job = self.admit(qs, path, final_toks[:start] + toks, speculative=True)
+        job = self.admit(qs, path, speculative=True)
         qs.spec = job
         qs.speculative = True
         self.active_spec += 1
         self.tx.recorder.count("speculations")
 
+    def interim_prompt(self, qs: QueryState, final: Prompt, ids: List[str]) -> Optional[Prompt]:
+        """The prompt of an interim top-k: the query's own segments where it has them; a
+        modelled interim document ("d~stage1", the simulation's) gets its final
+        document's length. None when the engine would need a text the query lacks."""
+        index = {d: i for i, d in enumerate(qs.prompt.segment_ids)}
+        if all(d in index for d in ids):
+            return qs.prompt.select([index[d] for d in ids])
+        if self.engine.tokenizes:
+            return None
+        tokens = dict(zip(qs.prompt.segment_ids, qs.prompt.segment_tokens))
+        toks = [tokens.get(d, tokens.get(d.split("~stage")[0])) for d in ids]
+        if None in toks:
+            return None
+        return self.engine.prompt(ids, toks, question=qs.query.text)
+
+    def same_documents(self, a: Prompt, b: Prompt) -> bool:
+        """Whether a speculation's path serves the final one: the same segments, in the same
+        order unless the server chooses the order (cache-aware)."""
+        if self.ctl.doc_order == "cache_aware" and a.fixed == b.fixed:
+            return a.segment_ids[:a.fixed] == b.segment_ids[:b.fixed] and \
+                sorted(a.segment_ids[a.fixed:]) == sorted(b.segment_ids[b.fixed:])
+        return a.segment_ids == b.segment_ids
+
     def docs_known(self, qs: QueryState) -> None:
-        path, toks = self.hop_path(qs)
+        path = self.hop_path(qs)
         qs.res["retrieval_s"] = qs.res.get("retrieval_s", 0.0) + self.now - qs.hop_start_s
         spec, qs.spec = qs.spec, None
-        if spec is not None and spec.doc_ids == path:
+        if spec is not None and self.same_documents(spec.prompt, path):
             self.active_spec -= 1
             self.tx.recorder.count("speculations_kept")
             qs.kept = True
@@ -203,22 +226,23 @@ class Run:
             return
         if spec is not None:
             self.discard(spec)
-        self.admit(qs, path, toks, speculative=False).final = True
+        self.admit(qs, path, speculative=False).final = True
 
     # ------------------------------------------------------------------- jobs
     def namespace(self, q: Query) -> str:
         return self.engine.namespace(q.system_prompt or self.ctl.system_prompt)
 
-    def admit(self, qs: QueryState, path: List[str], toks: List[int], speculative: bool) -> Job:
-        """Look up and lock the path's cached prefix, queue the job for the engine."""
-        keys = [qs.keys[d] for d in path]
-        job = Job(seq=next(self.seq), qs=qs, hop=qs.hop, doc_ids=path, doc_tokens=toks, keys=keys,
-                  speculative=speculative, ready_s=self.now)
-        job.lookup = self.tx.lookup(self.namespace(qs.query), keys, toks)
+    def admit(self, qs: QueryState, path: Prompt, speculative: bool) -> Job:
+        """Order the path (cache-aware, single-hop queries), look up and lock its cached
+        prefix, queue the job for the engine."""
+        namespace = self.namespace(qs.query)
+        if self.ctl.doc_order == "cache_aware" and len(qs.bounds) == 1:
+            path = self.tx.best_order(namespace, path)
+        job = Job(seq=next(self.seq), qs=qs, hop=qs.hop, prompt=path, speculative=speculative, ready_s=self.now)
+        job.lookup = self.tx.lookup(namespace, path)
         self.live.append(job)
         cached = job.lookup.matched_tokens
-        compute = sum(toks) - cached + self.engine.estimate_question_tokens(qs.query.text)
-        job.score = cached / max(compute, 1)
+        job.score = cached / max(path.tokens - cached, 1)
         self.ready.append(job)
         return job
 
@@ -261,26 +285,21 @@ class Run:
 
     def run_job(self, job: Job) -> None:
         """Start a job on the engine lane: load slow hits, prefill the rest."""
+        if self.measured:
+            self.now = max(self.now, time.perf_counter() - self.t0)
         job.state = "running"
         job.start_s = self.now
         t0 = time.perf_counter()
-        cached_kv, slow_bytes, job.lookup = self.tx.load(job.lookup, job.doc_ids)
+        cached_kv, slow_bytes, job.lookup = self.tx.load(job.lookup, job.prompt.segment_ids)
         if self.timing.kv_load_seconds is not None:
             job.load_s = float(self.timing.kv_load_seconds(slow_bytes)) if slow_bytes else 0.0
         else:
             job.load_s = time.perf_counter() - t0
         q = job.qs.query
-        n = len(job.doc_ids)
-        request = PrefillRequest(
-            namespace=self.namespace(q),
-            question=q.text,
-            doc_ids=job.doc_ids,
-            doc_tokens=job.doc_tokens,
-            doc_texts=self.texts(q, job.doc_ids),
-            cached=cached_kv,
-            system_prompt=q.system_prompt or self.ctl.system_prompt,
-            cancelled=job.cancel.is_set if job.cancel is not None else None,
-        )
+        n = len(job.prompt.segment_ids)
+        request = PrefillRequest(namespace=self.namespace(q), prompt=job.prompt, cached=cached_kv,
+                                 cancelled=job.cancel.is_set if job.cancel is not None else None,
+                                 top_logits=q.top_logits)
         out_tokens = self.ctl.output_tokens(q)
         t0 = time.perf_counter()
         if self.engine.decodes and (job.decode_answer or not job.speculative) \
@@ -292,9 +311,10 @@ class Run:
             job.result = self.engine.prefill(request)
             if job.result.first_token_id is not None:
                 job.token_ids = [int(job.result.first_token_id)]
-        if not self.engine.accounts_only:
+        if self.measured:
             # Wall time beyond the engine's own measure: waiting for an engine busy with other threads.
-            job.wait_s = max(0.0, time.perf_counter() - t0 - float(job.result.seconds) - (job.decode_s or 0.0))
+            job.wait_s = max(0.0, time.perf_counter() - t0 - float(job.result.seconds) - (job.decode_s or 0.0)
+                             - float(job.result.extract_seconds))
         if len(job.result.new_kv) != n - len(cached_kv):
             raise RuntimeError(
                 f"engine {self.engine.name!r} returned KV for {len(job.result.new_kv)} documents, "
@@ -304,13 +324,6 @@ class Run:
         job.end_s = self.now + job.load_s + job.wait_s + job.prefill_s
         self.engine_free = job.end_s + (job.decode_s or 0.0)
         self.at(job.end_s, self.job_done, job)
-
-    @staticmethod
-    def texts(q: Query, ids: List[str]):
-        if q.doc_texts is None:
-            return None
-        by_id = dict(zip(q.doc_ids, q.doc_texts))
-        return [by_id.get(d, "") for d in ids]
 
     def job_done(self, job: Job) -> None:
         if job.state == "cancelled":  # preempted speculation
@@ -332,7 +345,7 @@ class Run:
     def commit(self, job: Job) -> None:
         """The job's work is used: store new documents, update the policy, end the hop."""
         qs, res = job.qs, job.result
-        stored = self.tx.commit(self.namespace(qs.query), job.keys, job.doc_tokens, job.lookup, list(res.new_kv),
+        stored = self.tx.commit(self.namespace(qs.query), job.prompt, job.lookup, list(res.new_kv),
                                 int(res.question_tokens))
         self.finish(job)
         self.account(job, stored)
@@ -350,16 +363,17 @@ class Run:
         qs, lookup, res = job.qs, job.lookup, job.result
         r = qs.res
         cached = lookup.matched_tokens
-        new_doc = sum(job.doc_tokens) - cached
+        new_doc = sum(job.prompt.segment_tokens) - cached
         r["cached"] = r.get("cached", 0) + cached
         r["computed"] = r.get("computed", 0) + new_doc + int(res.question_tokens)
         r["question"] = r.get("question", 0) + int(res.question_tokens)
-        r["matched_docs"] = r.get("matched_docs", 0) + lookup.matched_docs
+        docs_hit = max(0, lookup.matched_docs - job.prompt.fixed)  # the system prompt is not a document
+        r["matched_docs"] = r.get("matched_docs", 0) + docs_hit
         r["stored"] = r.get("stored", 0) + stored
         r["queue_s"] = r.get("queue_s", 0.0) + max(0.0, job.start_s - job.ready_s) + job.wait_s
         r["load_s"] = r.get("load_s", 0.0) + job.load_s
         r["prefill_s"] = r.get("prefill_s", 0.0) + job.prefill_s
-        qs.cache_hit = qs.cache_hit or lookup.matched_docs > 0
+        qs.cache_hit = qs.cache_hit or docs_hit > 0
         for tier, tok in zip(lookup.tiers, lookup.tokens):
             qs.tier_hits[tier] = qs.tier_hits.get(tier, 0) + 1
             qs.tier_hit_tokens[tier] = qs.tier_hit_tokens.get(tier, 0) + int(tok)
@@ -372,7 +386,7 @@ class Run:
     def hop_done(self, qs: QueryState, job: Job) -> None:
         """First token of this hop's generation is out now."""
         q = qs.query
-        context = sum(int(x) for x in q.doc_tokens[: qs.bounds[qs.hop]]) + int(qs.res.get("question", 0))
+        context = sum(job.prompt.segment_tokens) + int(qs.res.get("question", 0))
         if qs.hop + 1 < len(qs.bounds):
             qs.hop += 1
             gap = self.engine.decode_seconds(context, int(self.timing.hop_decode_tokens))
@@ -405,5 +419,7 @@ class Run:
             wasted_prefill_s=float(r.get("wasted_s", 0.0)),
             hops=len(qs.bounds),
             output_token_ids=job.token_ids,
+            top_logits=list(job.result.top_logits),
+            doc_order=list(job.prompt.doc_ids),
         )
         self.tx.recorder.add_result(qs.result)

@@ -45,10 +45,10 @@ def serve_staged(ctl: "RAGServeController", query_id: str, text: str, stages: It
         bad = [d for d, t in zip(ids, texts) if not isinstance(t, str)]
         if bad:
             raise ValueError(f"query {query_id!r}: doc_texts must map ids to str; not so for {bad}")
-        q = Query(query_id=query_id, text=text, doc_ids=list(ids), doc_tokens=[engine.count_tokens(t) for t in texts],
-                  doc_texts=texts, system_prompt=system_prompt, output_tokens=output_tokens)
-        (keys,) = ctl.prepare([q])
-        return QueryState(q, 0, 0.0, q.hop_bounds(), keys=keys)
+        q = Query(query_id=query_id, text=text, doc_ids=list(ids), doc_texts=texts, system_prompt=system_prompt,
+                  output_tokens=output_tokens)
+        (prompt,) = ctl.prepare([q])
+        return QueryState(q, 0, 0.0, q.hop_bounds(), prompt=prompt)
 
     def work(job: Job, errors: list) -> None:
         try:
@@ -56,8 +56,8 @@ def serve_staged(ctl: "RAGServeController", query_id: str, text: str, stages: It
         except BaseException as e:  # handed to the caller's thread below, whatever it is
             errors.append(e)
 
-    run = Run(ctl)
     start = time.perf_counter()
+    run = Run(ctl, start)
     spec = worker = None
     errors: list = []
     final_ids = None
@@ -67,7 +67,7 @@ def serve_staged(ctl: "RAGServeController", query_id: str, text: str, stages: It
             if spec is None and ctl.speculative and not getattr(res, "final", False):
                 sqs = state_for(final_ids)
                 run.now = time.perf_counter() - start
-                spec = run.admit(sqs, final_ids, list(sqs.query.doc_tokens), speculative=True)
+                spec = run.admit(sqs, sqs.prompt, speculative=True)
                 run.ready.remove(spec)
                 spec.state, spec.decode_answer, spec.cancel = "running", True, threading.Event()
                 ctl.recorder.count("speculations")
@@ -77,7 +77,7 @@ def serve_staged(ctl: "RAGServeController", query_id: str, text: str, stages: It
             raise ValueError(f"query {query_id!r}: stages yielded no result")
         qs = state_for(final_ids)
         retrieval_s = time.perf_counter() - start
-        kept = spec is not None and spec.doc_ids == final_ids
+        kept = spec is not None and run.same_documents(spec.prompt, qs.prompt)
         if worker is not None:
             if not kept:
                 spec.cancel.set()  # stop the stale work at its next forward pass
@@ -92,7 +92,7 @@ def serve_staged(ctl: "RAGServeController", query_id: str, text: str, stages: It
                 settle_discarded(ctl, run, spec, errors, time.perf_counter() - start)
                 qs.res["wasted_s"] = spec.qs.res.get("wasted_s", 0.0)
             run.now = time.perf_counter() - start
-            job = run.admit(qs, final_ids, list(qs.query.doc_tokens), speculative=False)
+            job = run.admit(qs, qs.prompt, speculative=False)
             run.ready.remove(job)
             run.run_job(job)
         job.final, job.state = True, "done"

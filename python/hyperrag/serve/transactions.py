@@ -11,18 +11,24 @@ atomic inside the cache, so many jobs of many threads interleave safely:
    call, their compute recorded and the hits touched; then every lock of the job
    is released.
 
-Documents are keyed by their content (hyperrag.cache.identity): a document id
+Segments are keyed by their content (hyperrag.cache.identity): a document id
 whose content changed gets a new key, and the old key's nodes are dropped.
+
+Admission ("what deserves a node"): "all" stores every new segment of a path;
+"reused_prefix" stores a new document only when it follows the system prompt
+directly or follows a segment this job reused, so a path grows by one document
+each time its prefix proves useful instead of storing every deep path once.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Any, List, Optional, Protocol, Sequence, Tuple, runtime_checkable
 
-from hyperrag.cache import CapacityError, StorageError, document_key
-from hyperrag.engines.base import DocumentKV, Engine
+from hyperrag.cache import CapacityError, StorageError
+from hyperrag.engines.base import DocumentKV, Engine, Prompt
 
 TIER_ORDER = ("gpu", "host", "remote")  # fastest first
+ADMISSIONS = ("all", "reused_prefix")
 
 
 @runtime_checkable
@@ -49,6 +55,8 @@ class CacheBackend(Protocol):
     def record_compute(self, node_ids: Sequence[int], cached_tokens: int, new_tokens: int) -> None: ...
 
     def track_version(self, doc_id: str, key: str) -> int: ...
+
+    def best_order(self, namespace: str, doc_ids: Sequence[str], fixed: int = 0) -> List[str]: ...
 
     def node(self, node_id: int) -> Any: ...
 
@@ -78,10 +86,14 @@ class CacheTransactions:
     every job computes everything). Stateless between calls apart from its
     configuration, so one instance serves every thread."""
 
-    def __init__(self, cache: Optional[CacheBackend], engine: Engine, insert_tier: str, recorder):
+    def __init__(self, cache: Optional[CacheBackend], engine: Engine, insert_tier: str, recorder,
+                 admission: str = "all"):
+        if admission not in ADMISSIONS:
+            raise ValueError(f"admission {admission!r} is unknown; allowed: {', '.join(ADMISSIONS)}")
+        self.admission = admission
         if cache is not None and not isinstance(cache, CacheBackend):
             missing = [m for m in ("tiers", "match", "put", "get", "promote", "unlock", "touch", "record_compute",
-                                   "track_version", "node", "stats") if not hasattr(cache, m)]
+                                   "track_version", "best_order", "node", "stats") if not hasattr(cache, m)]
             raise TypeError(f"cache must implement the CacheBackend protocol (e.g. a hyperrag.cache.KVCache); "
                             f"{type(cache).__name__} lacks {', '.join(missing)}")
         self.cache = cache
@@ -97,23 +109,34 @@ class CacheTransactions:
             self.insert_tiers = tuple(present[present.index(insert_tier):])
 
     # --------------------------------------------------------------- identity
-    def keys(self, doc_ids: Sequence[str], doc_tokens: Sequence[int], doc_texts) -> dict:
-        """Tree key of each document (id + content fingerprint); a document whose
-        content changed since it was last served has its old nodes dropped."""
-        fingerprints = self.engine.document_fingerprints(doc_tokens, doc_texts)
-        keys = {d: document_key(d, f) for d, f in zip(doc_ids, fingerprints)}
-        if self.cache is not None:
-            dropped = sum(self.cache.track_version(d, k) for d, k in keys.items())
-            if dropped:
-                self.recorder.count("stale_nodes_removed", dropped)
-        return keys
+    def track(self, prompt: Prompt) -> None:
+        """Record each document's content key; a document whose content changed since it
+        was last served has its old nodes dropped (the system prompt is not tracked:
+        several may be in use at once)."""
+        if self.cache is None:
+            return
+        keys = prompt.keys
+        dropped = sum(self.cache.track_version(d, keys[i]) for i, d in enumerate(prompt.segment_ids)
+                      if i >= prompt.fixed)
+        if dropped:
+            self.recorder.count("stale_nodes_removed", dropped)
 
     # ------------------------------------------------------------ transactions
-    def lookup(self, namespace: str, keys: List[str], tokens: List[int]) -> Lookup:
+    def best_order(self, namespace: str, prompt: Prompt) -> Prompt:
+        """The prompt with its documents in the order whose cached prefix is longest
+        (the fixed segments stay first, uncached documents keep their order)."""
+        if self.cache is None:
+            return prompt
+        keys = list(prompt.keys)
+        order = self.cache.best_order(namespace, keys, prompt.fixed)
+        index = {k: i for i, k in enumerate(keys)}
+        return prompt.select([index[k] for k in order])
+
+    def lookup(self, namespace: str, prompt: Prompt) -> Lookup:
         """Match and lock the cached prefix (one atomic cache call; counts one lookup)."""
         if self.cache is None:
             return Lookup()
-        m = self.cache.match(namespace, keys, tokens, lock=True)
+        m = self.cache.match(namespace, list(prompt.keys), list(prompt.segment_tokens), lock=True)
         return Lookup(list(m.node_ids), list(m.tiers), [int(t) for t in m.tokens])
 
     def load(self, lookup: Lookup, doc_ids: Sequence[str]) -> Tuple[List[DocumentKV], int, Lookup]:
@@ -147,21 +170,26 @@ class CacheTransactions:
             cached.append(DocumentKV(doc_id=doc_ids[j], tokens=tokens, nbytes=nbytes, payload=payload))
         return cached, slow_bytes, lookup
 
-    def commit(self, namespace: str, keys: List[str], tokens: List[int], lookup: Lookup, new_kv: list,
-               question_tokens: int) -> int:
-        """Store the new documents below the hits, record their compute, touch the
-        hits. Returns how many nodes were created. A store that fails for lack of
-        room or memory stores nothing (counted); the query is still served."""
+    def commit(self, namespace: str, prompt: Prompt, lookup: Lookup, new_kv: list, question_tokens: int) -> int:
+        """Store the new segments the admission policy admits below the hits, record
+        their compute, touch the hits. Returns how many document nodes were created. A store
+        that fails for lack of room or memory stores nothing (counted); the query is
+        still served."""
         if self.cache is None:
             return 0
         k = lookup.matched_docs
-        # The hits' logical sizes as stored (the insert checks them), then the new documents'.
-        nbytes = [int(self.cache.node(nid).nbytes) for nid in lookup.node_ids] + [int(kv.nbytes) for kv in new_kv]
-        payloads = [None] * k + [kv.payload for kv in new_kv] if self.uses_payloads else None
+        end = len(prompt.segment_ids)
+        if self.admission == "reused_prefix":  # one document past a reused prefix, or the first document
+            end = min(end, max(k + 1, prompt.fixed + 1))
+        stored_kv = list(new_kv)[: end - k]
+        keys, tokens = list(prompt.keys[:end]), [int(t) for t in prompt.segment_tokens[:end]]
+        # The hits' logical sizes as stored (the insert checks them), then the new segments'.
+        nbytes = [int(self.cache.node(nid).nbytes) for nid in lookup.node_ids] + [int(kv.nbytes) for kv in stored_kv]
+        payloads = [None] * k + [kv.payload for kv in stored_kv] if self.uses_payloads else None
         stored = None
-        # The fastest tier with room: a document larger than the gpu tier, or a gpu tier
+        # The fastest tier with room: a segment larger than the gpu tier, or a gpu tier
         # full of locked KV, goes to host; with no room anywhere nothing is stored.
-        for tier in (self.insert_tiers if new_kv else ()):
+        for tier in (self.insert_tiers if stored_kv else ()):
             try:
                 stored = self.cache.put(namespace, keys, tokens, nbytes, payloads=payloads, tier=tier, lock=True)
                 break
@@ -173,14 +201,14 @@ class CacheTransactions:
         created = []
         if stored is not None:
             created = [nid for nid, c in zip(stored.node_ids, stored.created) if c]
-            new_tokens = sum(tokens[k:]) + int(question_tokens)
             if created:
+                new_tokens = sum(prompt.segment_tokens[k:]) + int(question_tokens)
                 self.cache.record_compute(created, lookup.matched_tokens, new_tokens)
         if lookup.node_ids:
             self.cache.touch(lookup.node_ids)
         if stored is not None:
             self.cache.unlock(list(stored.node_ids))
-        return len(created)
+        return sum(1 for i, c in enumerate(stored.created) if c and i >= prompt.fixed) if stored is not None else 0
 
     def release(self, node_ids: Sequence[int]) -> None:
         if node_ids and self.cache is not None:

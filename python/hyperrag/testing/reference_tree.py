@@ -515,6 +515,34 @@ class ReferenceTree:
         self._check_docs("peek", namespace, doc_ids)
         return self._match_result(self._walk(namespace, doc_ids))
 
+    def best_order(self, namespace: str, doc_ids, fixed: int = 0) -> List[str]:
+        """The order whose cached prefix holds the most tokens (the native search, unbounded)."""
+        self._check_docs("best_order", namespace, doc_ids)
+        docs = list(doc_ids)
+        if not 0 <= fixed <= len(docs):
+            raise ValueError(f"best_order: fixed={fixed} exceeds len(doc_ids)={len(docs)}")
+        head = self._walk(namespace, docs[:fixed])
+        if len(head) < fixed:
+            return docs
+        start = head[-1] if fixed else self._roots.get(namespace)
+        if start is None:
+            return docs
+        best = (0, [])
+
+        def search(node, path, tokens):
+            nonlocal best
+            if tokens > best[0]:
+                best = (tokens, list(path))
+            for j in range(fixed, len(docs)):
+                child = node.children.get(docs[j])
+                if j not in path and child is not None:
+                    search(child, path + [j], tokens + child.tokens)
+
+        search(start, [], 0)
+        chosen = best[1]
+        return docs[:fixed] + [docs[j] for j in chosen] + [d for j, d in enumerate(docs[fixed:], fixed)
+                                                           if j not in chosen]
+
     def insert(self, namespace: str, doc_ids, doc_tokens, doc_bytes, tier: str = "gpu",
                lock: bool = False) -> InsertResult:
         if tier not in TIERS:
