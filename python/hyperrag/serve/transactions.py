@@ -26,6 +26,7 @@ from typing import Any, List, Optional, Protocol, Sequence, Tuple, runtime_check
 
 from hyperrag.cache import CapacityError, StorageError
 from hyperrag.engines.base import DocumentKV, Engine, Prompt
+from hyperrag.serve.popularity import DocumentPopularity
 
 TIER_ORDER = ("gpu", "host", "remote")  # fastest first
 ADMISSIONS = ("all", "reused_prefix")
@@ -57,6 +58,8 @@ class CacheBackend(Protocol):
     def track_version(self, doc_id: str, key: str) -> int: ...
 
     def best_order(self, namespace: str, doc_ids: Sequence[str], fixed: int = 0) -> List[str]: ...
+
+    def peek(self, namespace: str, doc_ids: Sequence[str]) -> Any: ...
 
     def node(self, node_id: int) -> Any: ...
 
@@ -91,9 +94,10 @@ class CacheTransactions:
         if admission not in ADMISSIONS:
             raise ValueError(f"admission {admission!r} is unknown; allowed: {', '.join(ADMISSIONS)}")
         self.admission = admission
+        self.popularity = DocumentPopularity()
         if cache is not None and not isinstance(cache, CacheBackend):
             missing = [m for m in ("tiers", "match", "put", "get", "promote", "unlock", "touch", "record_compute",
-                                   "track_version", "best_order", "node", "stats") if not hasattr(cache, m)]
+                                   "track_version", "best_order", "peek", "node", "stats") if not hasattr(cache, m)]
             raise TypeError(f"cache must implement the CacheBackend protocol (e.g. a hyperrag.cache.KVCache); "
                             f"{type(cache).__name__} lacks {', '.join(missing)}")
         self.cache = cache
@@ -113,6 +117,7 @@ class CacheTransactions:
         """Record each document's content key; a document whose content changed since it
         was last served has its old nodes dropped (the system prompt is not tracked:
         several may be in use at once)."""
+        self.popularity.observe(prompt.doc_ids)
         if self.cache is None:
             return
         keys = prompt.keys
@@ -123,14 +128,18 @@ class CacheTransactions:
 
     # ------------------------------------------------------------ transactions
     def best_order(self, namespace: str, prompt: Prompt) -> Prompt:
-        """The prompt with its documents in the order whose cached prefix is longest
-        (the fixed segments stay first, uncached documents keep their order)."""
+        """The prompt with its documents in the order whose cached prefix is longest (the
+        fixed segments stay first), then the uncached documents most requested first, so
+        that the paths this query stores are the ones later queries will share."""
         if self.cache is None:
             return prompt
         keys = list(prompt.keys)
-        order = self.cache.best_order(namespace, keys, prompt.fixed)
         index = {k: i for i, k in enumerate(keys)}
-        return prompt.select([index[k] for k in order])
+        order = [index[k] for k in self.cache.best_order(namespace, keys, prompt.fixed)]
+        cached = max(prompt.fixed, self.cache.peek(namespace, [keys[i] for i in order]).matched_docs)
+        head, rest = order[:cached], order[cached:]
+        ranked = self.popularity.ranked([prompt.segment_ids[i] for i in rest])
+        return prompt.select(head + [rest[i] for i in ranked])
 
     def lookup(self, namespace: str, prompt: Prompt) -> Lookup:
         """Match and lock the cached prefix (one atomic cache call; counts one lookup)."""
