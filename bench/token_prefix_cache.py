@@ -82,8 +82,8 @@ class TokenPrefixCache:
                 v = [e.values[layer][:, :n] for e, n in edges]
                 layers.append((torch_.cat(k, dim=1).unsqueeze(0), torch_.cat(v, dim=1).unsqueeze(0)) if k else None)
             cache = engine._new_cache(layers if edges else ())
-            out = engine.model(input_ids=torch_.tensor([ids[cached:]]), cache=cache, use_cache=True,
-                               logits_to_keep=1)
+            out = engine.model(input_ids=torch_.tensor([ids[cached:]]), use_cache=True, logits_to_keep=1,
+                               **{engine._cache_arg: cache})
             logits = out.logits[0, -1].float()
             first = int(torch_.argmax(logits))
             ttft = time.perf_counter() - start

@@ -26,6 +26,7 @@ position it was computed at: the tree path guarantees that.
 from __future__ import annotations
 
 import hashlib
+import inspect
 import threading
 import time
 import warnings
@@ -137,6 +138,9 @@ class TransformersEngine(Engine):
         self.max_context = self.max_positions
         self.vocab_size = self.model.get_input_embeddings().num_embeddings
         self._elem = torch.empty((), dtype=self.torch_dtype).element_size()
+        # transformers renamed forward's past_key_values to cache; accept either release.
+        params = inspect.signature(self.model.forward).parameters
+        self._cache_arg = "cache" if "cache" in params else "past_key_values"
         resolved = Path(self.model.name_or_path).resolve()
         self.model_id = f"{resolved.name}-{hashlib.sha1(str(resolved).encode()).hexdigest()[:8]}-{dtype}"
         self._lock = threading.Lock()
@@ -260,7 +264,7 @@ class TransformersEngine(Engine):
             for chunk in chunks:
                 self._check_cancelled(request)
                 input_ids = torch.tensor([chunk], dtype=torch.long, device=self.device)
-                out = self.model(input_ids=input_ids, cache=cache, use_cache=True, logits_to_keep=1)
+                out = self.model(input_ids=input_ids, use_cache=True, logits_to_keep=1, **{self._cache_arg: cache})
             logits = out.logits[0, -1].float()
             first = int(torch.argmax(logits))
             seconds = time.perf_counter() - start
@@ -273,8 +277,8 @@ class TransformersEngine(Engine):
             next_id = first
             for _ in range(max_new_tokens - 1):
                 self._check_cancelled(request)
-                step = self.model(input_ids=torch.tensor([[next_id]], device=self.device), cache=cache,
-                                  use_cache=True)
+                step = self.model(input_ids=torch.tensor([[next_id]], device=self.device), use_cache=True,
+                                  **{self._cache_arg: cache})
                 next_id = int(torch.argmax(step.logits[0, -1]))
                 tokens.append(next_id)
             decode_seconds = time.perf_counter() - decode_start
