@@ -10,7 +10,8 @@ shared tier agree. Python's ``hash()`` is never used: it is salted per process.
 from __future__ import annotations
 
 import hashlib
-from typing import Sequence
+from pathlib import Path
+from typing import Sequence, Union
 
 import numpy as np
 
@@ -31,3 +32,11 @@ def document_key(doc_id: str, fingerprint: str) -> str:
 def document_id(key: str) -> str:
     """The caller's document id inside a tree key (fingerprints never contain '#')."""
     return key.rsplit("#", 1)[0]
+
+
+def model_namespace(model_dir: Union[str, Path], dtype: str) -> str:
+    """The namespace of KV computed by a model's weights in one dtype: the directory's
+    name plus a hash of its resolved path, and the dtype. Every engine that runs the
+    same weights (transformers, vLLM) derives the same one, so they share KV."""
+    resolved = Path(model_dir).resolve()
+    return f"{resolved.name}-{hashlib.sha1(str(resolved).encode()).hexdigest()[:8]}-{dtype}"

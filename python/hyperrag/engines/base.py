@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field, replace
-from typing import Callable, List, Optional, Sequence, Tuple
+from typing import Callable, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -76,6 +76,16 @@ class DocumentKV:
     tokens: int          # number of tokens whose KV this holds
     nbytes: int          # logical KV bytes (what the cache accounts for)
     payload: Optional[np.ndarray] = None
+
+
+def check_window(prompt: Prompt, output_tokens: int, max_context: Optional[int]) -> None:
+    """ValueError when the prompt plus ``output_tokens`` exceeds ``max_context`` (None: no limit)."""
+    if max_context is not None and prompt.tokens + output_tokens > max_context:
+        docs = sum(prompt.segment_tokens[prompt.fixed:])
+        raise ValueError(
+            f"the prompt has {prompt.tokens} tokens ({docs} in {len(prompt.doc_ids)} documents) and "
+            f"output_tokens={output_tokens}: {prompt.tokens + output_tokens} tokens exceed the model's "
+            f"context window of {max_context}")
 
 
 @dataclass
@@ -153,12 +163,7 @@ class Engine(ABC):
 
     def check_window(self, prompt: Prompt, output_tokens: int) -> None:
         """ValueError when the prompt plus ``output_tokens`` exceeds ``max_context``."""
-        if self.max_context is not None and prompt.tokens + output_tokens > self.max_context:
-            docs = sum(prompt.segment_tokens[prompt.fixed:])
-            raise ValueError(
-                f"the prompt has {prompt.tokens} tokens ({docs} in {len(prompt.doc_ids)} documents) and "
-                f"output_tokens={output_tokens}: {prompt.tokens + output_tokens} tokens exceed the model's "
-                f"context window of {self.max_context}")
+        check_window(prompt, output_tokens, self.max_context)
 
     def decode_seconds(self, context_tokens: int, new_tokens: int) -> float:
         """Time to generate ``new_tokens`` after prefill (0 when an engine does not model it)."""

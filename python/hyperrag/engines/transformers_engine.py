@@ -25,67 +25,31 @@ position it was computed at: the tree path guarantees that.
 """
 from __future__ import annotations
 
-import hashlib
 import inspect
 import threading
 import time
 import warnings
-from collections import OrderedDict
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Optional, Sequence
 
 import numpy as np
 
-from ..cache.identity import token_fingerprint
-from .base import (SYSTEM_SEGMENT, DocumentKV, Engine, GenerateResult, PrefillCancelled, PrefillRequest,
-                   PrefillResult, Prompt)
+from ..cache.identity import model_namespace
+from .base import DocumentKV, Engine, GenerateResult, PrefillCancelled, PrefillRequest, PrefillResult, Prompt
+from .prompt_builder import DEFAULT_SYSTEM_PROMPT, PromptBuilder, PromptFormat
+
+__all__ = ["DEFAULT_ATTENTION", "PromptFormat", "TransformersEngine"]
 
 _DTYPES = ("bfloat16", "float16", "float32")
-DEFAULT_SYSTEM_PROMPT = "You are a helpful assistant. Answer the question using the documents."
 # Chosen by measurement (bench/bench_real_ttft.py, attention ablation): see bench/README.md.
 DEFAULT_ATTENTION = "hyperrag_prefix"
-MEMO_ENTRIES = 4096  # tokenized document texts kept (documents repeat)
-
-
-@dataclass(frozen=True)
-class PromptFormat:
-    """Templates of the three prompt parts; each holds ``{text}`` exactly once.
-
-    The system part is tokenized with the tokenizer's special tokens (BOS), the
-    others without. Pass one to TransformersEngine(prompt_format=...) to serve
-    another chat template; callers with their own tokenization pass token ids
-    in the Query instead (doc_token_ids, question_ids).
-    """
-
-    system: str
-    document: str
-    question: str
-
-    def __post_init__(self):
-        for name in ("system", "document", "question"):
-            template = getattr(self, name)
-            if not isinstance(template, str) or template.count("{text}") != 1:
-                raise ValueError(f"PromptFormat.{name} must be a str holding {{text}} exactly once, got {template!r}")
-
-    @staticmethod
-    def for_tokenizer(tokenizer) -> "PromptFormat":
-        """ChatML when the tokenizer knows its markers (SmolLM2), plain text otherwise."""
-        if "<|im_start|>" in tokenizer.get_vocab():
-            return PromptFormat(
-                system="<|im_start|>system\n{text}<|im_end|>\n<|im_start|>user\n",
-                document="Document: {text}\n\n",
-                question="Question: {text}<|im_end|>\n<|im_start|>assistant\n",
-            )
-        return PromptFormat(system="{text}\n\n", document="Document: {text}\n\n", question="Question: {text}\nAnswer:")
 
 
 class TransformersEngine(Engine):
     """Runs a causal LM (batch 1) on top of cached per-segment KV.
 
     Thread-safety: one forward pass at a time per engine (an internal lock);
-    requests from several threads are serialized, never interleaved. The
-    tokenization memo has its own lock, so prompts are built beside a forward pass.
+    requests from several threads are serialized, never interleaved. Prompts are
+    built (PromptBuilder, its own lock) beside a forward pass.
     """
 
     name = "transformers"
@@ -109,10 +73,6 @@ class TransformersEngine(Engine):
 
         if dtype not in _DTYPES:
             raise ValueError(f"dtype {dtype!r} is not supported; use one of {_DTYPES}")
-        if not isinstance(system_prompt, str):
-            raise ValueError(f"system_prompt must be a str, got {type(system_prompt).__name__}")
-        if prompt_format is not None and not isinstance(prompt_format, PromptFormat):
-            raise ValueError(f"prompt_format must be a PromptFormat, got {type(prompt_format).__name__}")
         prefix_attention.register()
         self.model, self.tokenizer = load_causal_lm(model_path, dtype=dtype, device=device)
         try:
@@ -128,24 +88,20 @@ class TransformersEngine(Engine):
         self.dtype = dtype
         self.torch_dtype = getattr(torch, dtype)
         self.device = torch.device(device)
-        self.system_prompt = system_prompt
-        self.format = prompt_format or PromptFormat.for_tokenizer(self.tokenizer)
         cfg = self.model.config.get_text_config(decoder=True)
         self.num_layers = cfg.num_hidden_layers
         self.num_kv_heads = cfg.num_key_value_heads
         self.head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
         self.max_positions = cfg.max_position_embeddings
         self.max_context = self.max_positions
-        self.vocab_size = self.model.get_input_embeddings().num_embeddings
+        self.prompts = PromptBuilder(self.tokenizer, prompt_format, system_prompt, self.max_context)
+        self.system_prompt = system_prompt
         self._elem = torch.empty((), dtype=self.torch_dtype).element_size()
         # transformers renamed forward's past_key_values to cache; accept either release.
         params = inspect.signature(self.model.forward).parameters
         self._cache_arg = "cache" if "cache" in params else "past_key_values"
-        resolved = Path(self.model.name_or_path).resolve()
-        self.model_id = f"{resolved.name}-{hashlib.sha1(str(resolved).encode()).hexdigest()[:8]}-{dtype}"
+        self.model_id = model_namespace(self.model.name_or_path, dtype)
         self._lock = threading.Lock()
-        self._memo_lock = threading.Lock()
-        self._memo: "OrderedDict[tuple, list[int]]" = OrderedDict()
 
     # ----------------------------------------------------------------- sizes
     def namespace(self, system_prompt: str = "") -> str:
@@ -157,31 +113,19 @@ class TransformersEngine(Engine):
         return 2 * self.num_layers * self.num_kv_heads * self.head_dim * self._elem * int(tokens)
 
     # ------------------------------------------------------------ tokenizing
-    def _tokens(self, part: str, text: str) -> list:
-        """Token ids of one prompt part (memoized: documents and system prompts repeat)."""
-        key = (part, text)
-        with self._memo_lock:
-            ids = self._memo.get(key)
-            if ids is not None:
-                self._memo.move_to_end(key)
-                return ids
-        ids = self.tokenizer(getattr(self.format, part).format(text=text),
-                             add_special_tokens=part == "system")["input_ids"]
-        with self._memo_lock:
-            self._memo[key] = ids
-            if len(self._memo) > MEMO_ENTRIES:
-                self._memo.popitem(last=False)
-        return ids
+    @property
+    def format(self) -> PromptFormat:
+        return self.prompts.format
 
     def document_ids(self, text: str) -> list:
         """Token ids of one document part, as it stands in the prompt."""
-        return self._tokens("document", text)
+        return self.prompts.document_ids(text)
 
     def system_ids(self, system_prompt: str = "") -> list:
-        return self._tokens("system", system_prompt or self.system_prompt)
+        return self.prompts.system_ids(system_prompt)
 
     def question_ids(self, question: str) -> list:
-        return self._tokens("question", question)
+        return self.prompts.question_ids(question)
 
     def count_tokens(self, text: str) -> int:
         """Tokens a document occupies in the prompt: use it for doc_tokens."""
@@ -189,52 +133,9 @@ class TransformersEngine(Engine):
 
     def prompt(self, doc_ids, doc_tokens=None, doc_texts=None, doc_token_ids=None, question="", question_ids=None,
                system_prompt="", output_tokens=0) -> Prompt:
-        """[system][documents][question] as token ids: documents from doc_token_ids (exact,
-        the caller's template) or doc_texts (this engine's PromptFormat); the question
-        from question_ids or its text. doc_tokens, when given, must agree."""
-        n = len(doc_ids)
-        if doc_token_ids is not None:
-            parts = [self._checked_ids(ids, f"doc_token_ids[{i}]") for i, ids in enumerate(doc_token_ids)]
-            source = "doc_token_ids"
-        elif doc_texts is not None:
-            for i, text in enumerate(doc_texts):
-                if not isinstance(text, str):
-                    raise ValueError(f"doc_texts[{i}] ({doc_ids[i]!r}) must be a str, got {type(text).__name__}")
-            parts = [self.document_ids(text) for text in doc_texts]
-            source = "doc_texts"
-        else:
-            raise ValueError("doc_texts or doc_token_ids is required by the transformers engine (one per doc_id)")
-        if len(parts) != n or (doc_tokens is not None and len(doc_tokens) != n):
-            raise ValueError(f"doc_ids ({n}), doc_tokens ({'-' if doc_tokens is None else len(doc_tokens)}) and "
-                             f"{source} ({len(parts)}) must have the same length")
-        for i, part in enumerate(parts):
-            if not part:
-                raise ValueError(f"{source}[{i}] ({doc_ids[i]!r}) has no tokens")
-            if doc_tokens is not None and int(doc_tokens[i]) != len(part):
-                raise ValueError(f"doc_tokens[{i}]={doc_tokens[i]} but document {doc_ids[i]!r} has {len(part)} tokens "
-                                 f"in this engine's prompt; use engine.count_tokens(text) or leave doc_tokens out")
-        system = self.system_ids(system_prompt)
-        question = self._checked_ids(question_ids, "question_ids") if question_ids is not None \
-            else self.question_ids(question)
-        segments = (tuple(system), *(tuple(p) for p in parts))
-        prompt = Prompt(
-            segment_ids=(SYSTEM_SEGMENT, *doc_ids),
-            segment_tokens=tuple(len(s) for s in segments),
-            fingerprints=tuple(token_fingerprint(s) for s in segments),
-            question_tokens=len(question),
-            token_ids=segments,
-            question_ids=tuple(question),
-        )
-        self.check_window(prompt, output_tokens)
-        return prompt
-
-    def _checked_ids(self, ids, field: str) -> list:
-        ids = list(ids)
-        bad = next((t for t in ids if isinstance(t, bool) or not isinstance(t, (int, np.integer))
-                    or not 0 <= t < self.vocab_size), None)
-        if bad is not None:
-            raise ValueError(f"{field} must hold token ids in [0, {self.vocab_size}), got {bad!r}")
-        return [int(t) for t in ids]
+        """[system][documents][question] as token ids (see PromptBuilder.prompt)."""
+        return self.prompts.prompt(doc_ids, doc_tokens, doc_texts, doc_token_ids, question, question_ids,
+                                   system_prompt, output_tokens)
 
     # ------------------------------------------------------------- prefill
     def prefill(self, request: PrefillRequest, *, chunked: Optional[bool] = None) -> PrefillResult:
