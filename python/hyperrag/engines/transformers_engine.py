@@ -94,7 +94,7 @@ class TransformersEngine(Engine):
         self.head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
         self.max_positions = cfg.max_position_embeddings
         self.max_context = self.max_positions
-        self.prompts = PromptBuilder(self.tokenizer, prompt_format, system_prompt, self.max_context)
+        self.prompts = PromptBuilder(self.tokenizer, prompt_format, system_prompt)  # the window: check_window
         self.system_prompt = system_prompt
         self._elem = torch.empty((), dtype=self.torch_dtype).element_size()
         # transformers renamed forward's past_key_values to cache; accept either release.
@@ -133,9 +133,12 @@ class TransformersEngine(Engine):
 
     def prompt(self, doc_ids, doc_tokens=None, doc_texts=None, doc_token_ids=None, question="", question_ids=None,
                system_prompt="", output_tokens=0) -> Prompt:
-        """[system][documents][question] as token ids (see PromptBuilder.prompt)."""
-        return self.prompts.prompt(doc_ids, doc_tokens, doc_texts, doc_token_ids, question, question_ids,
-                                   system_prompt, output_tokens)
+        """[system][documents][question] as token ids (see PromptBuilder.prompt), checked
+        against this engine's context window."""
+        prompt = self.prompts.prompt(doc_ids, doc_tokens, doc_texts, doc_token_ids, question, question_ids,
+                                     system_prompt)
+        self.check_window(prompt, output_tokens)
+        return prompt
 
     # ------------------------------------------------------------- prefill
     def prefill(self, request: PrefillRequest, *, chunked: Optional[bool] = None) -> PrefillResult:
