@@ -1,0 +1,172 @@
+"""SegmentStore: the segment KV an engine loads and saves by content path, in one process.
+
+A KVCache (tree, tiers, block pools) backed by an optional DiskKVStore that
+other processes share: a path of segment keys (system prompt, documents; see
+hyperrag.cache.identity) names a node, and a node found only on disk is
+brought into memory when a request takes it. Engines that own their forward
+pass (the vLLM connector) use it to answer "how many leading segments are
+cached", to hold those nodes while their KV is copied out, and to store new
+segments. Thread-safe: the KVCache is, and the store's own maps are locked.
+"""
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from typing import Dict, List, Mapping, Optional, Sequence
+
+from .disk_store import DiskKVStore
+from .kv_cache import KVCache, StorageError
+from .tree import CapacityError, UnknownNodeError
+
+
+@dataclass
+class SegmentStats:
+    lookups: int = 0            # requests asked about
+    hit_segments: int = 0       # segments taken by requests (memory or disk)
+    hit_tokens: int = 0
+    disk_hits: int = 0          # segments brought in from disk
+    loaded_bytes: int = 0       # KV bytes read out for requests
+    saved_segments: int = 0
+    saved_bytes: int = 0
+    failures: int = 0           # loads that failed (the engine recomputed) and refused saves
+    by_tier: Dict[str, int] = field(default_factory=dict)  # segments taken, by the tier they were in
+
+    def as_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+class SegmentStore:
+    """Segment KV by content path: memory tiers (``capacities``, as KVCache) plus an
+    optional directory shared with other processes."""
+
+    def __init__(self, capacities: Mapping[str, int], directory=None, policy: str = "gdsf",
+                 block_bytes: int = 64 << 10):
+        self.cache = KVCache(capacities, policy=policy, block_bytes=block_bytes)
+        self.disk = DiskKVStore(directory) if directory is not None else None
+        self.stats = SegmentStats()
+        self._held: Dict[str, List[int]] = {}
+        self._lock = threading.Lock()
+
+    def cached_prefix(self, namespace: str, keys: Sequence[str]) -> int:
+        """How many leading segments are available (memory, then disk); records nothing."""
+        n = self.cache.peek(namespace, list(keys)).matched_docs
+        while self.disk is not None and n < len(keys) and self.disk.contains(namespace, keys[:n + 1]):
+            n += 1
+        return n
+
+    def acquire(self, request_id: str, namespace: str, keys: Sequence[str], tokens: Sequence[int]) -> List[int]:
+        """Bring the path into memory (from disk where needed) and hold its nodes for the
+        request (locked until ``release``). Returns the node ids held, root first; fewer
+        than the keys when part of the path vanished or could not be read."""
+        keys = list(keys)
+        with self._lock:
+            self.stats.lookups += 1
+        held = list(self.cache.match(namespace, keys, list(tokens), lock=True).node_ids)
+        if len(held) < len(keys) and self.disk is not None:
+            held = self._from_disk(namespace, keys, list(tokens), held)
+        with self._lock:
+            self._held.setdefault(request_id, []).extend(held)
+            self.stats.hit_segments += len(held)
+            self.stats.hit_tokens += sum(tokens[:len(held)])
+            for nid in held:
+                tier = self.cache.node(nid).tier
+                self.stats.by_tier[tier] = self.stats.by_tier.get(tier, 0) + 1
+        return held
+
+    def _from_disk(self, namespace, keys, tokens, held) -> List[int]:
+        """Extend the held path with nodes read from disk (locked as they are stored)."""
+        payloads = []
+        for j in range(len(held), len(keys)):
+            try:
+                payload = self.disk.get(namespace, keys[:j + 1])
+            except StorageError:
+                self._failed()
+                payload = None
+            if payload is None:
+                break
+            payloads.append(payload)
+        if not payloads:
+            return held
+        end = len(held) + len(payloads)
+        sizes = [int(self.cache.node(n).nbytes) for n in held] + [int(p.nbytes) for p in payloads]
+        try:
+            r = self.cache.put(namespace, keys[:end], tokens[:end], sizes, payloads=[None] * len(held) + payloads,
+                               tier=self.cache.tiers[0], lock=True)
+        except (CapacityError, StorageError):
+            self._failed()
+            return held
+        if held:
+            self.cache.unlock(held)  # the put locked the whole path again
+        with self._lock:
+            self.stats.disk_hits += len(payloads)
+        return list(r.node_ids)
+
+    def read(self, node_id: int):
+        """A held node's payload (uint8); StorageError/UnknownNodeError when it cannot be read."""
+        payload = self.cache.get(node_id)
+        with self._lock:
+            self.stats.loaded_bytes += int(payload.nbytes)
+        return payload
+
+    def save(self, namespace: str, keys: Sequence[str], tokens: Sequence[int],
+             payloads: Mapping[int, object]) -> int:
+        """Store the segments ``payloads`` gives (path index -> payload) below the rest of the
+        path, which must already be cached (a node is never stored with bytes it does not
+        hold). Returns how many nodes were created; each is also written to disk."""
+        keys, tokens = list(keys), [int(t) for t in tokens]
+        end = max(payloads) + 1
+        have = self.cache.peek(namespace, keys[:end]).matched_docs
+        missing = [j for j in range(have, end) if j not in payloads]
+        if missing:  # a segment before the new ones is neither cached nor given: nothing valid to store
+            self._failed()
+            return 0
+        prefix = self.cache.peek(namespace, keys[:have]).node_ids if have else []
+        sizes = [int(self.cache.node(n).nbytes) for n in prefix]
+        sizes += [int(memoryview(payloads[j]).nbytes) for j in range(have, end)]
+        try:
+            r = self.cache.put(namespace, keys[:end], tokens[:end], sizes,
+                               payloads=[None] * have + [payloads[j] for j in range(have, end)],
+                               tier=self.cache.tiers[0])
+        except (CapacityError, StorageError, ValueError):
+            self._failed()
+            return 0
+        created = [j for j, c in enumerate(r.created) if c]
+        with self._lock:
+            self.stats.saved_segments += len(created)
+            self.stats.saved_bytes += sum(sizes[j] for j in created)
+        if self.disk is not None:
+            for j in range(have, end):
+                self.disk.put(namespace, keys[:j + 1], payloads[j])
+        return len(created)
+
+    def release(self, request_id: str) -> None:
+        """Drop the request's holds (idempotent)."""
+        with self._lock:
+            held = self._held.pop(request_id, [])
+        if held:
+            try:
+                self.cache.unlock(held)
+            except UnknownNodeError:  # cannot happen while held; tolerate a lost node
+                pass
+
+    def failed_load(self) -> None:
+        self._failed()
+
+    def _failed(self) -> None:
+        with self._lock:
+            self.stats.failures += 1
+
+
+_stores: Dict[tuple, SegmentStore] = {}
+_stores_lock = threading.Lock()
+
+
+def shared_store(capacities: Mapping[str, int], directory: Optional[str] = None, policy: str = "gdsf") -> SegmentStore:
+    """The process's store for this configuration: every connector instance of the
+    process (scheduler and worker side) gets the same one."""
+    key = (tuple(sorted(capacities.items())), str(directory), policy)
+    with _stores_lock:
+        store = _stores.get(key)
+        if store is None:
+            store = _stores[key] = SegmentStore(capacities, directory, policy)
+        return store
