@@ -28,7 +28,7 @@ class SegmentStats:
     loaded_bytes: int = 0       # KV bytes read out for requests
     saved_segments: int = 0
     saved_bytes: int = 0
-    failures: int = 0           # loads that failed (the engine recomputed) and refused saves
+    failures: int = 0           # loads that failed (the engine recomputed), saves refused or not completed
     by_tier: Dict[str, int] = field(default_factory=dict)  # segments taken, by the tier they were in
 
     def as_dict(self) -> dict:
@@ -149,7 +149,8 @@ class SegmentStore:
             except UnknownNodeError:  # cannot happen while held; tolerate a lost node
                 pass
 
-    def failed_load(self) -> None:
+    def count_failure(self) -> None:
+        """Count a load or save the engine could not complete (it recomputed, or did not cache)."""
         self._failed()
 
     def _failed(self) -> None:

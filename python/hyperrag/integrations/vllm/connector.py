@@ -120,7 +120,8 @@ class HyperRAGConnector(KVConnectorBase_V1):
         self.store: SegmentStore = shared_store(capacities, extra.get("directory"), extra.get("policy", "gdsf"))
         self.block_size = vllm_config.cache_config.block_size
         self._plans: Dict[str, _Plan] = {}
-        self._saving: Dict[str, Dict[int, Tuple[torch.Tensor, torch.Tensor]]] = {}
+        self._saving: Dict[str, dict] = {}  # request -> segment index -> payload being filled ("failed": True)
+        self._layer_count: Optional[int] = None
         self._failed_blocks: set = set()
 
     # ---------------------------------------------------------------- scheduler side
@@ -228,9 +229,8 @@ class HyperRAGConnector(KVConnectorBase_V1):
                     if a >= b:
                         continue
                     kv = self._payload(node_id, layers[0][1], len(layers), seg_end - seg_start)
-                    where = paged.slots(spec.block_ids, a, b, self.block_size)
                     for i, (_, kv_layer, layout) in enumerate(layers):
-                        layout.write(kv_layer, where, kv[i, 0, :, a - seg_start:b - seg_start],
+                        layout.write(kv_layer, spec.block_ids, a, kv[i, 0, :, a - seg_start:b - seg_start],
                                      kv[i, 1, :, a - seg_start:b - seg_start])
                     position = b
                 if position < spec.end:
@@ -238,7 +238,7 @@ class HyperRAGConnector(KVConnectorBase_V1):
             except Exception as e:  # any failure: vLLM recomputes these blocks, the answer stays right
                 log.warning("hyperrag connector: loading KV of request %s failed (%r); recomputing",
                             spec.request_id, e)
-                self.store.failed_load()
+                self.store.count_failure()
                 first, last = position // self.block_size, (spec.end - 1) // self.block_size
                 self._failed_blocks.update(spec.block_ids[first:last + 1])
 
@@ -252,34 +252,52 @@ class HyperRAGConnector(KVConnectorBase_V1):
         return  # loads are synchronous, done before the forward
 
     def save_kv_layer(self, layer_name: str, kv_layer: torch.Tensor, attn_metadata, **kwargs: Any) -> None:
-        """Copy out the new segments' KV of this layer (stored at the end of the step)."""
+        """Copy this layer's KV of the new segments into their payloads (stored at the end of the step)."""
         meta = self._get_connector_metadata()
         match = _LAYER_INDEX.search(layer_name)
         if not meta.saves or match is None:
             return
         from vllm.forward_context import get_forward_context
 
+        context = get_forward_context()
         index = int(match.group(1))
-        layout = self._layout(get_forward_context().no_compile_layers[layer_name], kv_layer)
         for spec in meta.saves:
-            bounds = spec.segments.bounds
-            a, b = bounds[spec.indices[0]], bounds[spec.indices[-1] + 1]
-            keys, values = layout.read(kv_layer, paged.slots(spec.block_ids, a, b, self.block_size))
-            self._saving.setdefault(spec.request_id, {})[index] = (keys, values)
+            saving = self._saving.setdefault(spec.request_id, {})
+            if saving.get("failed"):
+                continue
+            try:
+                layout = self._layout(context.no_compile_layers[layer_name], kv_layer)
+                bounds = spec.segments.bounds
+                a, b = bounds[spec.indices[0]], bounds[spec.indices[-1] + 1]
+                keys, values = layout.read(kv_layer, spec.block_ids, a, b)
+                for j in spec.indices:
+                    payload = saving.get(j)
+                    if payload is None:  # [layers, 2, kv heads, tokens, head dim], the transformers engine's layout
+                        payload = saving[j] = kv_layer.new_empty(
+                            (self._num_layers(context), 2, keys.shape[0], bounds[j + 1] - bounds[j], keys.shape[2]))
+                    payload[index, 0].copy_(keys[:, bounds[j] - a:bounds[j + 1] - a])
+                    payload[index, 1].copy_(values[:, bounds[j] - a:bounds[j + 1] - a])
+            except Exception as e:  # the answer is unaffected: these segments are just not cached
+                log.warning("hyperrag connector: copying out KV of request %s failed (%r); not caching it",
+                            spec.request_id, e)
+                self.store.count_failure()
+                saving.clear()
+                saving["failed"] = True
+
+    def _num_layers(self, forward_context) -> int:
+        if self._layer_count is None:
+            self._layer_count = len(self._layers(forward_context))
+        return self._layer_count
 
     def wait_for_save(self) -> None:
-        """Store each new segment as its own node (payload layout of the transformers engine)."""
+        """Store each new segment as its own node."""
         if not self.has_connector_metadata():
             return
         for spec in self._get_connector_metadata().saves:
-            layers = self._saving.pop(spec.request_id, {})
-            if not layers:
-                continue
-            kv = torch.stack([torch.stack(layers[i]) for i in sorted(layers)])  # [layers, 2, heads, tokens, dim]
-            bounds, base = spec.segments.bounds, spec.segments.bounds[spec.indices[0]]
-            payloads = {j: kv[:, :, :, bounds[j] - base:bounds[j + 1] - base].contiguous().view(-1).view(torch.uint8)
-                        .numpy() for j in spec.indices}
-            self.store.save(spec.segments.namespace, spec.segments.keys, spec.segments.tokens, payloads)
+            saving = self._saving.pop(spec.request_id, {})
+            if saving and not saving.get("failed"):
+                payloads = {j: saving[j].view(-1).view(torch.uint8).numpy() for j in spec.indices}
+                self.store.save(spec.segments.namespace, spec.segments.keys, spec.segments.tokens, payloads)
 
     def get_block_ids_with_load_errors(self) -> set:
         failed, self._failed_blocks = self._failed_blocks, set()

@@ -9,7 +9,7 @@ the kernel's instruction set: values are row-major, keys are transposed for
 the vector kernels and tiled in pairs for AMX. Rather than copy that
 knowledge, ``PagedLayout`` learns where each (token, dim) lands from vLLM's
 own cache writer, once per (isa, dtype, block size, head dim): writes go
-through that writer, reads gather by the learned positions. Token t of a
+through that writer, reads are strided views of the learned tiling. Token t of a
 request lives in block block_ids[t // block_size] at offset t % block_size.
 """
 from __future__ import annotations
@@ -44,11 +44,16 @@ def _write(isa: str, kv_layer: torch.Tensor, slot_mapping: torch.Tensor, keys: t
 
 
 class PagedLayout:
-    """Where vLLM's CPU cache writer puts each (token offset, dim) of a block-head region."""
+    """Where vLLM's CPU cache writer puts each (token offset, dim) of a block-head region.
+
+    Every layout the CPU kernels use is a tiling: splitting the token offset o and the
+    dim k as (o // p, o % p) and (k // q, k % q), an element's position in its region is
+    a sum of those four parts times fixed strides (row-major: p = q = 1; keys transposed;
+    AMX pairs). Learning p, q and the strides lets reads be strided views, not gathers."""
 
     def __init__(self, isa: str, dtype: torch.dtype, block_size: int, head_dim: int):
         self.isa, self.dtype, self.block_size, self.head_dim = isa, dtype, block_size, head_dim
-        self.key_index, self.value_index = self._learn()
+        self.key_tiling, self.value_tiling = (self._tiling(index) for index in self._learn())
 
     def _learn(self) -> Tuple[torch.Tensor, torch.Tensor]:
         """[block_size, head_dim] flat positions of keys and of values in their regions."""
@@ -67,21 +72,42 @@ class PagedLayout:
             layout.append(where.view(bs, d))
         return layout[0], layout[1]
 
-    def write(self, kv_layer: torch.Tensor, where: Tuple[torch.Tensor, torch.Tensor], keys: torch.Tensor,
+    def _tiling(self, index: torch.Tensor) -> Tuple[Tuple[int, ...], Tuple[int, ...]]:
+        """(sizes, strides) of the region as [bs // p, p, d // q, q] reproducing ``index``."""
+        bs, d = self.block_size, self.head_dim
+        o, k = torch.arange(bs).view(bs, 1), torch.arange(d).view(1, d)
+        splits = [n for n in (1, 2, 4, 8, 16, 32, 64) if n <= max(bs, d)]
+        for p in (n for n in splits if bs % n == 0):
+            for q in (n for n in splits if d % n == 0):
+                strides = (int(index[p, 0]) if p < bs else 0, int(index[1, 0]) if p > 1 else 0,
+                           int(index[0, q]) if q < d else 0, int(index[0, 1]) if q > 1 else 0)
+                tiled = (o // p) * strides[0] + (o % p) * strides[1] + (k // q) * strides[2] + (k % q) * strides[3]
+                if torch.equal(tiled, index):
+                    return (bs // p, p, d // q, q), strides
+        raise NotImplementedError(f"vLLM's CPU KV layout for isa {self.isa!r} ({self.dtype}, block size {bs}, "
+                                  f"head dim {d}) is not a tiling the HyperRAG connector can read")
+
+    def write(self, kv_layer: torch.Tensor, block_ids: Sequence[int], start: int, keys: torch.Tensor,
               values: torch.Tensor) -> None:
-        """Put keys/values [kv_heads, tokens, head_dim] at the (block, offset) slots ``where``."""
-        blocks, offsets = where
+        """Put keys/values [kv_heads, tokens, head_dim] at a request's token positions from ``start``."""
+        blocks, offsets = slots(block_ids, start, start + keys.shape[1], self.block_size)
         _write(self.isa, kv_layer, blocks * self.block_size + offsets, keys.permute(1, 0, 2).to(self.dtype),
                values.permute(1, 0, 2).to(self.dtype))
 
-    def read(self, kv_layer: torch.Tensor, where: Tuple[torch.Tensor, torch.Tensor]) -> Tuple[torch.Tensor, torch.Tensor]:
-        """keys, values [kv_heads, tokens, head_dim] at the slots ``where`` (copies)."""
-        blocks, offsets = where
+    def read(self, kv_layer: torch.Tensor, block_ids: Sequence[int], start: int,
+             end: int) -> Tuple[torch.Tensor, torch.Tensor]:
+        """keys, values [kv_heads, end - start, head_dim] of a request's token positions [start, end)
+        (token t in block block_ids[t // block_size]); copies."""
+        bs = self.block_size
+        blocks = torch.as_tensor(list(block_ids[start // bs:(end - 1) // bs + 1]), dtype=torch.long)
+        first = start - start % bs
         out = []
-        for region, index in zip(_regions(kv_layer), (self.key_index, self.value_index)):
-            flat = region.reshape(region.shape[0], region.shape[1], -1)[blocks]  # [tokens, heads, bs * dim]
-            positions = index[offsets].unsqueeze(1).expand(-1, flat.shape[1], -1)  # [tokens, heads, dim]
-            out.append(torch.gather(flat, 2, positions).permute(1, 0, 2))
+        for region_offset, (sizes, strides) in ((0, self.key_tiling), (bs * self.head_dim, self.value_tiling)):
+            tiled = kv_layer.as_strided((kv_layer.shape[0], kv_layer.shape[1]) + sizes,
+                                        kv_layer.stride()[:2] + strides, kv_layer.storage_offset() + region_offset)
+            spans = tiled.index_select(0, blocks).permute(1, 0, 2, 3, 4, 5)  # [heads, blocks, bs // p, p, d // q, q]
+            tokens = spans.reshape(kv_layer.shape[1], len(blocks) * bs, self.head_dim)
+            out.append(tokens[:, start - first:end - first])
         return out[0], out[1]
 
 
