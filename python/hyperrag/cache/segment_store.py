@@ -32,7 +32,13 @@ class SegmentStats:
     by_tier: Dict[str, int] = field(default_factory=dict)  # segments taken, by the tier they were in
 
     def as_dict(self) -> dict:
-        return dict(self.__dict__)
+        return {**self.__dict__, "by_tier": dict(self.by_tier)}
+
+    def counters(self) -> Dict[str, int]:
+        """Flat counters (by_tier as hit_segments_<tier>), for metrics systems."""
+        out = {k: v for k, v in self.__dict__.items() if k != "by_tier"}
+        out.update({f"hit_segments_{tier}": n for tier, n in self.by_tier.items()})
+        return out
 
 
 class SegmentStore:
@@ -43,9 +49,14 @@ class SegmentStore:
                  block_bytes: int = 64 << 10):
         self.cache = KVCache(capacities, policy=policy, block_bytes=block_bytes)
         self.disk = DiskKVStore(directory) if directory is not None else None
-        self.stats = SegmentStats()
+        self._stats = SegmentStats()
         self._held: Dict[str, List[int]] = {}
         self._lock = threading.Lock()
+
+    def stats(self) -> SegmentStats:
+        """A consistent copy of the store's counters."""
+        with self._lock:
+            return SegmentStats(**self._stats.as_dict())
 
     def cached_prefix(self, namespace: str, keys: Sequence[str]) -> int:
         """How many leading segments are available (memory, then disk); records nothing."""
@@ -60,17 +71,17 @@ class SegmentStore:
         than the keys when part of the path vanished or could not be read."""
         keys = list(keys)
         with self._lock:
-            self.stats.lookups += 1
+            self._stats.lookups += 1
         held = list(self.cache.match(namespace, keys, list(tokens), lock=True).node_ids)
         if len(held) < len(keys) and self.disk is not None:
             held = self._from_disk(namespace, keys, list(tokens), held)
         with self._lock:
             self._held.setdefault(request_id, []).extend(held)
-            self.stats.hit_segments += len(held)
-            self.stats.hit_tokens += sum(tokens[:len(held)])
+            self._stats.hit_segments += len(held)
+            self._stats.hit_tokens += sum(tokens[:len(held)])
             for nid in held:
                 tier = self.cache.node(nid).tier
-                self.stats.by_tier[tier] = self.stats.by_tier.get(tier, 0) + 1
+                self._stats.by_tier[tier] = self._stats.by_tier.get(tier, 0) + 1
         return held
 
     def _from_disk(self, namespace, keys, tokens, held) -> List[int]:
@@ -98,14 +109,14 @@ class SegmentStore:
         if held:
             self.cache.unlock(held)  # the put locked the whole path again
         with self._lock:
-            self.stats.disk_hits += len(payloads)
+            self._stats.disk_hits += len(payloads)
         return list(r.node_ids)
 
     def read(self, node_id: int):
         """A held node's payload (uint8); StorageError/UnknownNodeError when it cannot be read."""
         payload = self.cache.get(node_id)
         with self._lock:
-            self.stats.loaded_bytes += int(payload.nbytes)
+            self._stats.loaded_bytes += int(payload.nbytes)
         return payload
 
     def save(self, namespace: str, keys: Sequence[str], tokens: Sequence[int],
@@ -132,8 +143,8 @@ class SegmentStore:
             return 0
         created = [j for j, c in enumerate(r.created) if c]
         with self._lock:
-            self.stats.saved_segments += len(created)
-            self.stats.saved_bytes += sum(sizes[j] for j in created)
+            self._stats.saved_segments += len(created)
+            self._stats.saved_bytes += sum(sizes[j] for j in created)
         if self.disk is not None:
             for j in range(have, end):
                 self.disk.put(namespace, keys[:j + 1], payloads[j])
@@ -155,7 +166,7 @@ class SegmentStore:
 
     def _failed(self) -> None:
         with self._lock:
-            self.stats.failures += 1
+            self._stats.failures += 1
 
 
 _stores: Dict[tuple, SegmentStore] = {}

@@ -30,6 +30,7 @@ import numpy as np
 import torch
 from vllm.distributed.kv_transfer.kv_connector.v1.base import (KVConnectorBase_V1, KVConnectorMetadata,
                                                                 KVConnectorRole)
+from vllm.distributed.kv_transfer.kv_connector.v1.metrics import KVConnectorStats
 
 from hyperrag.cache.segment_store import SegmentStore, shared_store
 
@@ -97,6 +98,27 @@ class HyperRAGConnectorMetadata(KVConnectorMetadata):
 
 
 @dataclass
+class HyperRAGConnectorStats(KVConnectorStats):
+    """The store's counters over an interval (SegmentStats.counters: segments and tokens
+    taken, by tier, from disk, bytes loaded and saved, failures); vLLM sums them across
+    workers and logs them with its "KV Transfer metrics"."""
+
+    def reset(self) -> None:
+        self.data = {}
+
+    def aggregate(self, other: KVConnectorStats) -> "HyperRAGConnectorStats":
+        for name, value in other.data.items():
+            self.data[name] = self.data.get(name, 0) + value
+        return self
+
+    def reduce(self) -> Dict[str, int]:
+        return dict(self.data)
+
+    def is_empty(self) -> bool:
+        return not any(self.data.values())
+
+
+@dataclass
 class _Plan:
     """Scheduler-side state of one request."""
 
@@ -122,6 +144,7 @@ class HyperRAGConnector(KVConnectorBase_V1):
         self._plans: Dict[str, _Plan] = {}
         self._saving: Dict[str, dict] = {}  # request -> segment index -> payload being filled ("failed": True)
         self._layer_count: Optional[int] = None
+        self._reported: Dict[str, int] = {}
         self._failed_blocks: set = set()
 
     # ---------------------------------------------------------------- scheduler side
@@ -298,6 +321,21 @@ class HyperRAGConnector(KVConnectorBase_V1):
             if saving and not saving.get("failed"):
                 payloads = {j: saving[j].view(-1).view(torch.uint8).numpy() for j in spec.indices}
                 self.store.save(spec.segments.namespace, spec.segments.keys, spec.segments.tokens, payloads)
+
+    def get_kv_connector_stats(self) -> Optional[HyperRAGConnectorStats]:
+        """What the store counted since the last call. Only the worker side reports: both
+        sides of a process share one store, so reporting from both would count twice."""
+        if self._role != KVConnectorRole.WORKER:
+            return None
+        now = self.store.stats().counters()
+        delta = {name: value - self._reported.get(name, 0) for name, value in now.items()}
+        self._reported = now
+        stats = HyperRAGConnectorStats(data=delta)
+        return None if stats.is_empty() else stats
+
+    @classmethod
+    def build_kv_connector_stats(cls, data: Optional[dict] = None) -> HyperRAGConnectorStats:
+        return HyperRAGConnectorStats(data=dict(data or {}))
 
     def get_block_ids_with_load_errors(self) -> set:
         failed, self._failed_blocks = self._failed_blocks, set()
