@@ -14,7 +14,7 @@ Each system runs in its own process (vLLM's connector is process-wide), --passes
 times from cold caches; a query's TTFT is the median over passes of the wall time
 of a one-token generate. Run from .venv-vllm (scripts/install_vllm.sh):
 
-    .venv-vllm/bin/python bench/bench_vllm.py [--queries 100] [--passes 2] [--vllm-blocks 100]
+    .venv-vllm/bin/python bench/bench_vllm.py [--queries 100] [--passes 3] [--vllm-blocks 50]
 Writes bench/results/bench_vllm.json.
 """
 from __future__ import annotations
@@ -83,8 +83,8 @@ def serve(system: str, args) -> None:
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--queries", type=int, default=100)
-    ap.add_argument("--passes", type=int, default=2)
-    ap.add_argument("--vllm-blocks", type=int, default=100, help="vLLM's KV space in blocks (128 tokens each)")
+    ap.add_argument("--passes", type=int, default=3)
+    ap.add_argument("--vllm-blocks", type=int, default=50, help="vLLM's KV space in blocks (128 tokens each)")
     ap.add_argument("--host-mb", type=int, default=4096, help="HyperRAG's host tier (MiB)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--serve", choices=SYSTEMS, help=argparse.SUPPRESS)  # one pass, in a child process
