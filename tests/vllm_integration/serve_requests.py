@@ -1,6 +1,6 @@
 """Serve a list of RAG requests through one vLLM instance and print the outputs as JSON.
 
-Run by tests/vllm/test_vllm_connector.py in a fresh process per configuration
+Run by tests/vllm_integration/test_vllm_connector.py in a fresh process per configuration
 (vLLM's KV connector is process-wide state):
     python serve_requests.py CONFIG.json  ->  {"outputs": [[token ids], ...], "stats": {...}}
 CONFIG: {"model", "dtype", "mode": "plain" | "prefix_cache" | "hyperrag", "directory", "requests":
