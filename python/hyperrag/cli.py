@@ -1,4 +1,5 @@
-"""The `hyperrag` command: `optimize` (schedule search) and `bench` (serving benchmark).
+"""The `hyperrag` command: `optimize` (schedule search), `bench` (serving benchmark) and
+`rerank index` (precompute a corpus's reranker KV).
 
 Bad input never shows a traceback: every rejected flag or value is one line on
 stderr, `hyperrag <subcommand>: error: ...`, and exit status 2; a failed write
@@ -241,6 +242,9 @@ def build_parser() -> Tuple[Parser, Dict[str, Parser]]:
     bench = sub.add_parser("bench", help="baseline vs HyperRAG TTFT per paradigm (simulated engine)")
     add_bench_arguments(bench)
     bench.set_defaults(func=run_bench)
+    from hyperrag.rerank.cli import add_rerank_command
+
+    add_rerank_command(sub)
     return parser, sub.choices
 
 
@@ -256,7 +260,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     if args.command is None:
         unknown = f" (unrecognized: {' '.join(extra)})" if extra else ""
         parser.error(f"a subcommand is required; allowed: {', '.join(commands)}{unknown}")
-    command = commands[args.command]
+    command = getattr(args, "command_parser", None) or commands[args.command]  # nested: the leaf's parser
     if extra:
         command.error(f"unrecognized arguments: {' '.join(extra)}; allowed: {_flags(command)}")
     try:

@@ -7,6 +7,12 @@ brought into memory when a request takes it. Engines that own their forward
 pass (the vLLM connector) use it to answer "how many leading segments are
 cached", to hold those nodes while their KV is copied out, and to store new
 segments. Thread-safe: the KVCache is, and the store's own maps are locked.
+
+Compression is chosen per storage layer: ``codecs={"memory": ..., "disk":
+...}`` (hyperrag.cache.kv_codec: "raw" or "int8"). The memory codec applies to
+every tier of the KVCache, because the native tree accounts one size per node
+whatever tier holds it; the disk codec to the shared directory. Readers always
+get raw payloads back (``read``), so engines never see the difference.
 """
 from __future__ import annotations
 
@@ -16,6 +22,7 @@ from typing import Dict, List, Mapping, Optional, Sequence
 
 from .disk_store import DiskKVStore
 from .kv_cache import KVCache, StorageError
+from .kv_codec import Codec, CodecError, KVShape, RawCodec, make_codec
 from .tree import CapacityError, UnknownNodeError
 
 
@@ -27,7 +34,8 @@ class SegmentStats:
     disk_hits: int = 0          # segments brought in from disk
     loaded_bytes: int = 0       # KV bytes read out for requests
     saved_segments: int = 0
-    saved_bytes: int = 0
+    saved_bytes: int = 0        # bytes the memory tiers took for them (after the memory codec)
+    saved_disk_bytes: int = 0   # bytes written to the directory (after the disk codec)
     failures: int = 0           # loads that failed (the engine recomputed), saves refused or not completed
     by_tier: Dict[str, int] = field(default_factory=dict)  # segments taken, by the tier they were in
 
@@ -41,13 +49,29 @@ class SegmentStats:
         return out
 
 
-class SegmentStore:
-    """Segment KV by content path: memory tiers (``capacities``, as KVCache) plus an
-    optional directory shared with other processes."""
+LAYERS = ("memory", "disk")
+RAW = RawCodec()
 
-    def __init__(self, capacities: Mapping[str, int], directory=None, policy: str = "gdsf",
-                 block_bytes: int = 64 << 10):
-        self.cache = KVCache(capacities, policy=policy, block_bytes=block_bytes)
+
+class SegmentStore:
+    """Segment KV by content path: memory tiers (``capacities``, as KVCache, or an existing
+    ``cache`` such as a controller's, so both share one tree) plus an optional directory
+    shared with other processes. ``kv_shape`` is needed by any codec other than raw."""
+
+    def __init__(self, capacities: Optional[Mapping[str, int]] = None, directory=None, policy: str = "gdsf",
+                 block_bytes: int = 64 << 10, *, cache: Optional[KVCache] = None,
+                 codecs: Optional[Mapping[str, object]] = None, kv_shape: Optional[KVShape] = None):
+        if (capacities is None) == (cache is None):
+            raise ValueError("give exactly one of capacities (a new KVCache) and cache (an existing one)")
+        codecs = dict(codecs or {})
+        unknown = sorted(set(codecs) - set(LAYERS))
+        if unknown:
+            raise ValueError(f"codecs has unknown layer(s) {unknown}; allowed: {list(LAYERS)}")
+        self.codecs: Dict[str, Codec] = {layer: make_codec(codecs.get(layer)) for layer in LAYERS}
+        if kv_shape is None and any(not isinstance(c, RawCodec) for c in self.codecs.values()):
+            raise ValueError("kv_shape is required when a codec other than 'raw' is used")
+        self.kv_shape = kv_shape
+        self.cache = cache if cache is not None else KVCache(capacities, policy=policy, block_bytes=block_bytes)
         self.disk = DiskKVStore(directory) if directory is not None else None
         self._stats = SegmentStats()
         self._held: Dict[str, List[int]] = {}
@@ -61,7 +85,7 @@ class SegmentStore:
     def cached_prefix(self, namespace: str, keys: Sequence[str]) -> int:
         """How many leading segments are available (memory, then disk); records nothing."""
         n = self.cache.peek(namespace, list(keys)).matched_docs
-        while self.disk is not None and n < len(keys) and self.disk.contains(namespace, keys[:n + 1]):
+        while self.disk is not None and n < len(keys) and self.disk.contains(self._disk_namespace(namespace), keys[:n + 1]):
             n += 1
         return n
 
@@ -89,8 +113,8 @@ class SegmentStore:
         payloads = []
         for j in range(len(held), len(keys)):
             try:
-                payload = self.disk.get(namespace, keys[:j + 1])
-            except StorageError:
+                payload = self._recode(self.disk.get(self._disk_namespace(namespace), keys[:j + 1]), "disk", "memory")
+            except (StorageError, CodecError):
                 self._failed()
                 payload = None
             if payload is None:
@@ -112,19 +136,46 @@ class SegmentStore:
             self._stats.disk_hits += len(payloads)
         return list(r.node_ids)
 
+    def _disk_namespace(self, namespace: str) -> str:
+        """Blobs are filed under their codec too, so a store reading the directory with
+        another codec finds nothing (a miss) instead of bytes it would misread."""
+        codec = self.codecs["disk"]
+        return namespace if isinstance(codec, RawCodec) else f"{namespace}@{codec.name}"
+
+    def _recode(self, payload, source: str, target: str):
+        """A payload written by layer ``source``'s codec ("raw": the engine's), in ``target``'s."""
+        codec = lambda layer: RAW if layer == "raw" else self.codecs[layer]  # noqa: E731
+        if payload is None or codec(source).name == codec(target).name:
+            return payload
+        return codec(target).encode(codec(source).decode(payload, self.kv_shape), self.kv_shape)
+
     def read(self, node_id: int):
-        """A held node's payload (uint8); StorageError/UnknownNodeError when it cannot be read."""
-        payload = self.cache.get(node_id)
+        """A held node's raw payload (uint8, the engine's layout); StorageError/UnknownNodeError
+        when it cannot be read, CodecError when its bytes are not a valid compressed payload."""
+        stored = self.cache.get(node_id)
         with self._lock:
-            self._stats.loaded_bytes += int(payload.nbytes)
-        return payload
+            self._stats.loaded_bytes += int(stored.nbytes)
+        return self.codecs["memory"].decode(stored, self.kv_shape)
+
+    def read_tensor(self, node_id: int):
+        """A held node's KV as a torch tensor [layers, 2, kv_heads, tokens, head_dim] (needs kv_shape)."""
+        stored = self.cache.get(node_id)
+        with self._lock:
+            self._stats.loaded_bytes += int(stored.nbytes)
+        return self.codecs["memory"].decode_tensor(stored, self.kv_shape)
 
     def save(self, namespace: str, keys: Sequence[str], tokens: Sequence[int],
              payloads: Mapping[int, object]) -> int:
-        """Store the segments ``payloads`` gives (path index -> payload) below the rest of the
-        path, which must already be cached (a node is never stored with bytes it does not
+        """Store the segments ``payloads`` gives (path index -> raw payload) below the rest of
+        the path, which must already be cached (a node is never stored with bytes it does not
         hold). Returns how many nodes were created; each is also written to disk."""
         keys, tokens = list(keys), [int(t) for t in tokens]
+        raw = payloads
+        try:
+            payloads = {j: self._recode(p, "raw", "memory") for j, p in raw.items()}
+        except CodecError:
+            self._failed()
+            return 0
         end = max(payloads) + 1
         have = self.cache.peek(namespace, keys[:end]).matched_docs
         missing = [j for j in range(have, end) if j not in payloads]
@@ -147,7 +198,10 @@ class SegmentStore:
             self._stats.saved_bytes += sum(sizes[j] for j in created)
         if self.disk is not None:
             for j in range(have, end):
-                self.disk.put(namespace, keys[:j + 1], payloads[j])
+                blob = self._recode(raw[j], "raw", "disk")
+                if self.disk.put(self._disk_namespace(namespace), keys[:j + 1], blob):
+                    with self._lock:
+                        self._stats.saved_disk_bytes += int(memoryview(blob).nbytes)
         return len(created)
 
     def release(self, request_id: str) -> None:

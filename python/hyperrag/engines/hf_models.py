@@ -142,3 +142,27 @@ def make_tiny_llama(
     model.save_pretrained(target)
     tokenizer.save_pretrained(target)
     return target
+
+
+def cache_argument(model) -> str:
+    """The name forward() gives its KV cache argument (transformers renamed past_key_values
+    to cache); accept either release."""
+    import inspect
+
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+
+
+def dynamic_cache(model, layers=()):
+    """A DynamicCache holding ``layers`` [(keys, values)] as they are.
+
+    DynamicCache's constructor would concatenate each tensor onto an empty one (a
+    copy of the whole prefix); placing them directly avoids it. The model never
+    writes into them: each update concatenates into new tensors.
+    """
+    from transformers import DynamicCache
+
+    cache = DynamicCache(config=model.config)
+    for layer, (keys, values) in zip(cache.layers, layers):
+        layer.lazy_initialization(keys, values)
+        layer.keys, layer.values = keys, values
+    return cache

@@ -25,7 +25,6 @@ position it was computed at: the tree path guarantees that.
 """
 from __future__ import annotations
 
-import inspect
 import threading
 import time
 import warnings
@@ -35,6 +34,7 @@ import numpy as np
 
 from ..cache.identity import model_namespace
 from .base import DocumentKV, Engine, GenerateResult, PrefillCancelled, PrefillRequest, PrefillResult, Prompt
+from .hf_models import cache_argument, dynamic_cache
 from .prompt_builder import DEFAULT_SYSTEM_PROMPT, PromptBuilder, PromptFormat
 
 __all__ = ["DEFAULT_ATTENTION", "PromptFormat", "TransformersEngine"]
@@ -97,9 +97,7 @@ class TransformersEngine(Engine):
         self.prompts = PromptBuilder(self.tokenizer, prompt_format, system_prompt)  # the window: check_window
         self.system_prompt = system_prompt
         self._elem = torch.empty((), dtype=self.torch_dtype).element_size()
-        # transformers renamed forward's past_key_values to cache; accept either release.
-        params = inspect.signature(self.model.forward).parameters
-        self._cache_arg = "cache" if "cache" in params else "past_key_values"
+        self._cache_arg = cache_argument(self.model)
         self.model_id = model_namespace(self.model.name_or_path, dtype)
         self._lock = threading.Lock()
 
@@ -242,21 +240,6 @@ class TransformersEngine(Engine):
             )
 
     # ---------------------------------------------------------- KV plumbing
-    def _new_cache(self, layers=()):
-        """A DynamicCache holding ``layers`` [(keys, values)] as they are.
-
-        DynamicCache's constructor would concatenate each tensor onto an empty
-        one (a copy of the whole prefix); placing them directly avoids it. The
-        model never writes into them: each update concatenates into new tensors.
-        """
-        from transformers import DynamicCache
-
-        cache = DynamicCache(config=self.model.config)
-        for layer, (keys, values) in zip(cache.layers, layers):
-            layer.lazy_initialization(keys, values)
-            layer.keys, layer.values = keys, values
-        return cache
-
     def _payload_tensor(self, kv: DocumentKV):
         """Zero-copy view of a payload as [layers, 2, kv_heads, tokens, head_dim]."""
         array = np.ascontiguousarray(kv.payload).reshape(-1)
@@ -269,12 +252,12 @@ class TransformersEngine(Engine):
     def _assemble(self, cached: Sequence[DocumentKV]):
         """A DynamicCache holding the cached segments (one concatenation per layer)."""
         if not cached:
-            return self._new_cache()
+            return dynamic_cache(self.model)
         torch = self.torch
         parts = [self._payload_tensor(kv).to(self.device) for kv in cached]
         layers = [(torch.cat([p[layer, 0].unsqueeze(0) for p in parts], dim=2),
                    torch.cat([p[layer, 1].unsqueeze(0) for p in parts], dim=2)) for layer in range(self.num_layers)]
-        return self._new_cache(layers)
+        return dynamic_cache(self.model, layers)
 
     def _extract(self, cache, segment_id: str, start: int, tokens: int) -> DocumentKV:
         """Copy one segment's span of every layer into a fresh payload."""
