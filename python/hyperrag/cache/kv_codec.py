@@ -25,6 +25,7 @@ another format is refused. Codecs are pure functions: thread-safe.
 from __future__ import annotations
 
 import struct
+import warnings
 from dataclasses import dataclass
 from typing import Union
 
@@ -77,8 +78,12 @@ class KVShape:
         """Zero-copy torch view [layers, 2, kv_heads, tokens, head_dim] of raw payload bytes."""
         import torch
 
-        flat = torch.frombuffer(memoryview(np.ascontiguousarray(raw)).cast("B"), dtype=torch.uint8) \
-            if not isinstance(raw, torch.Tensor) else raw.reshape(-1)
+        if isinstance(raw, torch.Tensor):
+            flat = raw.reshape(-1)
+        else:
+            with warnings.catch_warnings():  # read-only cache blocks: only ever read through this view
+                warnings.simplefilter("ignore", UserWarning)
+                flat = torch.frombuffer(memoryview(np.ascontiguousarray(raw)).cast("B"), dtype=torch.uint8)
         return flat.view(getattr(torch, self.dtype)).view(self.num_layers, 2, self.kv_heads, tokens, self.head_dim)
 
 

@@ -59,17 +59,18 @@ class IndexReport:
 
     documents: int
     computed: int                 # documents whose KV was computed now
-    already_cached: int           # documents found in memory or the directory
-    raw_bytes: int                # KV bytes of the computed documents in the model's dtype
-    stored_bytes: int             # bytes the memory tiers hold for them (after the memory codec)
-    disk_bytes: int               # bytes written to the directory (after the disk codec)
+    already_cached: int           # documents found in memory or read from the directory
+    raw_bytes: int                # KV bytes of all the documents in the model's dtype
+    stored_bytes: int             # bytes the memory tiers took for them (after the memory codec)
+    disk_bytes: int               # bytes written to the directory now (after the disk codec)
     seconds: float
     failed: List[str] = field(default_factory=list)  # documents computed but not stored (no room, I/O error)
 
     def per_document(self) -> Dict[str, float]:
-        n = max(self.computed, 1)
-        return {"raw_bytes": self.raw_bytes / n, "stored_bytes": self.stored_bytes / n,
-                "disk_bytes": self.disk_bytes / n}
+        """Mean bytes per document: raw and in memory over all of them, on disk over those computed now."""
+        return {"raw_bytes": self.raw_bytes / max(self.documents, 1),
+                "stored_bytes": self.stored_bytes / max(self.documents - len(self.failed), 1),
+                "disk_bytes": self.disk_bytes / max(self.computed, 1)}
 
 
 @dataclass
@@ -184,38 +185,52 @@ class KVReuseReranker:
         return [(doc_ids[i], float(scores[i])) for i in order[:top_k]]
 
     def index(self, doc_ids: Sequence[str], doc_texts: Sequence[str], progress: bool = False) -> IndexReport:
-        """Compute and store the document-first KV of every document not stored yet."""
+        """Make every document's document-first KV ready in memory: computed and stored
+        (memory and directory) when it is nowhere yet, read from the directory when only
+        there. With a memory budget smaller than the corpus, the earliest documents may be
+        evicted from memory again; the directory keeps them all."""
         if not self.reuse:
             raise ValueError("index() needs a reranker with layout='document_first' and reuse=True")
         _, docs = self._validate("index", doc_ids, doc_texts)
         start = time.perf_counter()
         rid = f"index-{next(self._requests)}"
-        computed, cached, failed, raw = 0, 0, [], 0
+        computed, cached, failed, stored = 0, 0, [], 0
         bar = self._progress(len(docs), progress)
         try:
             instruction = self._instruction(rid)
-            before = self.store.stats()  # after the instruction: the report counts documents only
+            disk_before = self.store.stats().saved_disk_bytes  # after the instruction: documents only
             for lo in range(0, len(docs), self.max_batch):
                 batch = range(lo, min(lo + self.max_batch, len(docs)))
-                todo = [i for i in batch
-                        if self.store.cached_prefix(self.namespace, self._keys(doc_ids[i], docs[i])) < 2]
-                cached += len(batch) - len(todo)
+                todo = []
+                for i in batch:
+                    held = self.store.acquire(f"{rid}/{i}", self.namespace, self._keys(doc_ids[i], docs[i]),
+                                              [int(instruction.shape[3]), len(docs[i])])
+                    if len(held) == 2:
+                        cached += 1
+                        stored += self.store.cache.node(held[1]).nbytes
+                    else:
+                        todo.append(i)
                 if todo:
                     _, kvs = self._batched([_Row(past=[instruction], new=docs[i], extract=(0, len(docs[i])))
                                             for i in todo])
                     for i, kv in zip(todo, kvs):
-                        raw += kv.numel() * kv.element_size()
-                        if not self._save(doc_ids[i], docs[i], kv):
+                        nbytes = self._save(doc_ids[i], docs[i], kv)
+                        if nbytes:
+                            stored += nbytes
+                        else:
                             failed.append(doc_ids[i])
                     computed += len(todo)
+                for i in batch:
+                    self.store.release(f"{rid}/{i}")
                 bar.update(len(batch))
         finally:
             bar.close()
             self.store.release(rid)
-        after = self.store.stats()
-        return IndexReport(documents=len(docs), computed=computed, already_cached=cached, raw_bytes=raw,
-                           stored_bytes=after.saved_bytes - before.saved_bytes,
-                           disk_bytes=after.saved_disk_bytes - before.saved_disk_bytes,
+            for i in range(len(docs)):
+                self.store.release(f"{rid}/{i}")
+        return IndexReport(documents=len(docs), computed=computed, already_cached=cached,
+                           raw_bytes=sum(map(len, docs)) * self.shape.token_bytes(), stored_bytes=stored,
+                           disk_bytes=self.store.stats().saved_disk_bytes - disk_before,
                            seconds=time.perf_counter() - start, failed=failed)
 
     def stats(self) -> RerankStats:
@@ -279,12 +294,14 @@ class KVReuseReranker:
         self.store.acquire(request_id, self.namespace, keys, tokens)  # so documents can be stored below it
         return kv
 
-    def _save(self, doc_id: str, doc: List[int], kv) -> bool:
+    def _save(self, doc_id: str, doc: List[int], kv) -> int:
+        """Store a document's KV below the instruction; the bytes its node takes in memory
+        (0 when it could not be stored: no room, an I/O error)."""
         keys = self._keys(doc_id, doc)
         tokens = [len(self._tokens("instruction", "")), len(doc)]
-        if self.store.save(self.namespace, keys, tokens, {1: self._payload(kv)}):
-            return True
-        return self.store.cached_prefix(self.namespace, keys) == 2  # another thread stored it first
+        self.store.save(self.namespace, keys, tokens, {1: self._payload(kv)})
+        path = self.store.cache.peek(self.namespace, keys).node_ids  # stored now, or by another thread first
+        return int(self.store.cache.node(path[1]).nbytes) if len(path) == 2 else 0
 
     def _payload(self, kv):
         return kv.contiguous().reshape(-1).view(self.torch.uint8).numpy()
