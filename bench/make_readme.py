@@ -589,6 +589,70 @@ def sec_vllm(name: str, d: dict) -> List[str]:
     return out
 
 
+RERANK_SYSTEMS = {
+    "minilm_cosine": "MiniLM cosine (the retriever's order)",
+    "query_first": "query-first, full prefill (yes/no)",
+    "document_first_full": "document-first, full prefill (yes/no)",
+    "document_first_reuse": "document-first on stored KV (yes/no)",
+    "document_first_reuse_int8": "document-first on stored int8 KV (yes/no)",
+    "document_first_reuse_ql": "document-first on stored KV (query likelihood)",
+    "document_first_reuse_int8_ql": "document-first on stored int8 KV (query likelihood)",
+}
+
+
+RERANK_SCORINGS = {"yes_no": "logit(yes) - logit(no)", "query_likelihood": "query likelihood"}
+
+
+def sec_rerank(name: str, d: dict) -> List[str]:
+    a, s = d["args"], d["summary"]
+    out = [heading("Decoder reranking with document-KV reuse", command(name, a)), provenance(name, d), ""]
+    idx = s["index"]
+    out += para(
+        f"SmolLM2-135M-Instruct (bf16) reranks MiniLM + FAISS candidates of the bundled corpus "
+        f"({fnum(idx['documents'])} documents) for the bundled labelled queries (distinct texts; each query's "
+        f"source document is the relevant one). Reuse systems score on document KV stored beforehand "
+        f"(`KVReuseReranker.index`: {idx['docs_per_s']:.1f} documents/s, {idx['raw_bytes'] / 2**20:.2f} MiB of "
+        f"bf16 KV per document, int8 {idx['stored_bytes_int8'] / idx['raw_bytes']:.3f}x of that). Throughput: "
+        f"candidates scored per second, {fnum(a['throughput_queries'])} queries per system per repeat, systems "
+        f"interleaved, median of {fnum(a['repeats'])} repeats; batches of up to {fnum(a['max_batch'])} candidates.")
+    counts = sorted(s["throughput"], key=int)
+    systems = list(s["throughput"][counts[0]])
+    out += [""] + table(["system", *[f"{n} candidates/query" for n in counts],
+                         *[f"vs query-first ({n})" for n in counts]],
+                        [[RERANK_SYSTEMS.get(k, k), *[f"{s['throughput'][n][k]:.1f}/s" for n in counts],
+                          *[f"{s['throughput'][n][k] / s['throughput'][n]['query_first']:.2f}x" for n in counts]]
+                         for k in systems])
+    fid = s["fidelity"]
+    out += [""] + para(
+        f"Fidelity: each score against document-first full prefill of the same candidates (batched), over "
+        f"{fnum(a['fidelity_queries'])} queries x {fnum(a['quality_candidates'])} candidates. \"shape\" is the "
+        f"model's own variation: the same prompts prefilled one at a time instead of batched. int8 variants name "
+        f"the scale granularity of keys (k) and values (v); `int8` is keys per channel, values per token.")
+    for scoring, rows in fid.items():
+        out += ["", f"Scores: {RERANK_SCORINGS.get(scoring, scoring)}", ""]
+        out += table(["compared", "max deviation", "mean", "p90", "top-5 overlap", "pairs"],
+                     [[k, f"{v['max']:.3f}", f"{v['mean']:.3f}", f"{v['p90']:.3f}", f"{v['top5_overlap']:.2f}",
+                       fnum(v["pairs"])] for k, v in rows.items()])
+    sizes = [[g, f"{idx['stored_bytes_' + g] / idx['raw_bytes']:.3f}x"] for g in
+             ("int8", "int8-ktoken-vtoken", "int8-kchannel-vchannel", "int8-ktoken-vchannel") if f"stored_bytes_{g}" in idx]
+    out += ["", "Stored bytes per document against bf16:", ""] + table(["codec", "bytes vs bf16"], sizes)
+    q = s["quality"]
+    out += [""] + para(
+        f"Quality on {fnum(a['quality_queries'])} queries, the reranker reordering MiniLM's top "
+        f"{fnum(a['quality_candidates'])} (the relevant document is among them for "
+        f"{pct(s['target_in_candidates'], 0)} of queries; ties count half a place).")
+    out += [""] + table(["system", "MRR@10", "recall@3"],
+                        [[RERANK_SYSTEMS.get(k, k), f"{v['mrr_at_10']:.3f}", f"{v['recall_at_3']:.3f}"]
+                         for k, v in q.items()])
+    n = a["quality_candidates"]
+    random_mrr = sum(1 / r for r in range(1, min(10, n) + 1)) / n
+    out += [""] + para(
+        f"A random order of {fnum(n)} candidates has MRR@10 {random_mrr:.3f} and recall@3 {min(3, n) / n:.3f}. "
+        f"When MiniLM's order is already perfect, a reranker can only match it; what the table tells is "
+        f"whether a reranker keeps it.")
+    return out
+
+
 SOAK_EVERY = 5
 
 
@@ -675,6 +739,7 @@ SECTIONS: Dict[str, Callable[[str, dict], List[str]]] = {
     "bench_ablations": sec_ablations,
     "bench_real_ttft": sec_real_ttft,
     "bench_vllm": sec_vllm,
+    "bench_rerank": sec_rerank,
     "bench_exactness": sec_exactness,
     "bench_soak": sec_soak,
 }

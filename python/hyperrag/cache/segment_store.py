@@ -157,13 +157,6 @@ class SegmentStore:
             self._stats.loaded_bytes += int(stored.nbytes)
         return self.codecs["memory"].decode(stored, self.kv_shape)
 
-    def read_tensor(self, node_id: int):
-        """A held node's KV as a torch tensor [layers, 2, kv_heads, tokens, head_dim] (needs kv_shape)."""
-        stored = self.cache.get(node_id)
-        with self._lock:
-            self._stats.loaded_bytes += int(stored.nbytes)
-        return self.codecs["memory"].decode_tensor(stored, self.kv_shape)
-
     def save(self, namespace: str, keys: Sequence[str], tokens: Sequence[int],
              payloads: Mapping[int, object]) -> int:
         """Store the segments ``payloads`` gives (path index -> raw payload) below the rest of

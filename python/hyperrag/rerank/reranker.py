@@ -164,7 +164,8 @@ class KVReuseReranker:
 
     # ------------------------------------------------------------ public API
     def score(self, query: str, doc_ids: Sequence[str], doc_texts: Sequence[str]) -> np.ndarray:
-        """Relevance of each candidate (float32, input order): logit(yes) - logit(no)."""
+        """Relevance of each candidate (float32, input order; higher is more relevant):
+        logit(yes) - logit(no), or the question's mean log-probability (``scoring``)."""
         tail, docs = self._validate(query, doc_ids, doc_texts)
         if not docs:
             return np.zeros(0, dtype=np.float32)
@@ -274,10 +275,14 @@ class KVReuseReranker:
         if len(held) < 2:
             return None
         try:
-            return self.store.read_tensor(held[1])
+            return self._read(held[1], len(doc))
         except (StorageError, UnknownNodeError, CodecError):
             self.store.count_failure()  # recomputed below: a lost or corrupt node is never served
             return None
+
+    def _read(self, node_id: int, tokens: int):
+        """A held node's KV as [layers, 2, kv_heads, tokens, head_dim] (the store decodes its codec)."""
+        return self.shape.tensor(self.store.read(node_id), tokens)
 
     def _instruction(self, request_id: str):
         """KV of the instruction segment, held for the request; computed and stored on first use."""
@@ -286,7 +291,7 @@ class KVReuseReranker:
         held = self.store.acquire(request_id, self.namespace, keys, tokens)
         if held:
             try:
-                return self.store.read_tensor(held[0])
+                return self._read(held[0], len(ids))
             except (StorageError, UnknownNodeError, CodecError):
                 self.store.count_failure()
         _, (kv,) = self._batched([_Row(new=list(ids), extract=(0, len(ids)))])
