@@ -20,6 +20,8 @@ from typing import Dict, List, Optional
 
 import torch
 
+from hyperrag.engines.hf_models import dynamic_cache
+
 
 @dataclass(eq=False)
 class _Edge:
@@ -81,7 +83,7 @@ class TokenPrefixCache:
                 k = [e.keys[layer][:, :n] for e, n in edges]
                 v = [e.values[layer][:, :n] for e, n in edges]
                 layers.append((torch_.cat(k, dim=1).unsqueeze(0), torch_.cat(v, dim=1).unsqueeze(0)) if k else None)
-            cache = engine._new_cache(layers if edges else ())
+            cache = dynamic_cache(engine.model, layers if edges else ())
             out = engine.model(input_ids=torch_.tensor([ids[cached:]]), use_cache=True, logits_to_keep=1,
                                **{engine._cache_arg: cache})
             logits = out.logits[0, -1].float()

@@ -89,9 +89,9 @@ def test_bad_bench_flag_is_refused_before_the_run(argv, flag, allowed, paths):
 
 
 @pytest.mark.parametrize("argv, allowed", [
-    ([], "a subcommand is required; allowed: optimize, bench"),
-    (["--verbose"], "allowed: optimize, bench (unrecognized: --verbose)"),
-    (["serve"], "invalid choice: 'serve' (choose from 'optimize', 'bench')"),
+    ([], "a subcommand is required; allowed: optimize, bench, rerank"),
+    (["--verbose"], "allowed: optimize, bench, rerank (unrecognized: --verbose)"),
+    (["serve"], "invalid choice: 'serve' (choose from 'optimize', 'bench', 'rerank')"),
 ])
 def test_bad_subcommand(argv, allowed):
     assert_one_line_error(run_hyperrag(*argv), 2, "hyperrag", allowed)
