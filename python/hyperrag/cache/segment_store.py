@@ -1,18 +1,20 @@
 """SegmentStore: the segment KV an engine loads and saves by content path, in one process.
 
-A KVCache (tree, tiers, block pools) backed by an optional DiskKVStore that
-other processes share: a path of segment keys (system prompt, documents; see
-hyperrag.cache.identity) names a node, and a node found only on disk is
-brought into memory when a request takes it. Engines that own their forward
-pass (the vLLM connector) use it to answer "how many leading segments are
-cached", to hold those nodes while their KV is copied out, and to store new
-segments. Thread-safe: the KVCache is, and the store's own maps are locked.
+A KVCache (tree, tiers, block pools) backed by optional layers that other
+processes share (a directory, a Redis server): a path of segment keys (system
+prompt, documents; see hyperrag.cache.identity) names a node, and a node found
+only in a shared layer is brought into memory when a request takes it.
+Engines that own their forward pass (the vLLM connector, the reranker) use it
+to answer "how many leading segments are cached", to hold those nodes while
+their KV is copied out, and to store new segments. Thread-safe: the KVCache
+is, and the store's own maps are locked.
 
-Compression is chosen per storage layer: ``codecs={"memory": ..., "disk":
-...}`` (hyperrag.cache.kv_codec: "raw" or "int8"). The memory codec applies to
-every tier of the KVCache, because the native tree accounts one size per node
-whatever tier holds it; the disk codec to the shared directory. Readers always
-get raw payloads back (``read``), so engines never see the difference.
+Compression is chosen per storage layer: ``codecs={"memory": ..., "disk": ...,
+"remote": ...}`` (hyperrag.cache.kv_codec: "raw" or "int8"). The memory codec
+applies to every tier of the KVCache, because the native tree accounts one
+size per node whatever tier holds it; the others to their shared layer.
+Readers always get raw payloads back (``read``), so engines never see the
+difference.
 """
 from __future__ import annotations
 
@@ -23,15 +25,17 @@ from typing import Dict, List, Mapping, Optional, Sequence
 from .disk_store import DiskKVStore
 from .kv_cache import KVCache, StorageError
 from .kv_codec import Codec, CodecError, KVShape, RawCodec, make_codec
+from .shared_tier import SharedKVStore, extend_path
 from .tree import CapacityError, UnknownNodeError
 
 
 @dataclass
 class SegmentStats:
     lookups: int = 0            # requests asked about
-    hit_segments: int = 0       # segments taken by requests (memory or disk)
+    hit_segments: int = 0       # segments taken by requests (memory or a shared layer)
     hit_tokens: int = 0
-    disk_hits: int = 0          # segments brought in from disk
+    disk_hits: int = 0          # segments brought in from the directory
+    remote_hits: int = 0        # segments brought in from the remote store (Redis)
     loaded_bytes: int = 0       # KV bytes read out for requests
     saved_segments: int = 0
     saved_bytes: int = 0        # bytes the memory tiers took for them (after the memory codec)
@@ -49,18 +53,21 @@ class SegmentStats:
         return out
 
 
-LAYERS = ("memory", "disk")
+LAYERS = ("memory", "disk", "remote")  # the memory tiers, then the shared layers in lookup order
 RAW = RawCodec()
 
 
 class SegmentStore:
     """Segment KV by content path: memory tiers (``capacities``, as KVCache, or an existing
-    ``cache`` such as a controller's, so both share one tree) plus an optional directory
-    shared with other processes. ``kv_shape`` is needed by any codec other than raw."""
+    ``cache`` such as a controller's, so both share one tree) plus optional layers shared
+    with other processes: a ``directory`` and a ``remote`` SharedKVStore (e.g. a
+    RedisKVStore), looked up in that order. ``kv_shape`` is needed by any codec other
+    than raw."""
 
     def __init__(self, capacities: Optional[Mapping[str, int]] = None, directory=None, policy: str = "gdsf",
                  block_bytes: int = 64 << 10, *, cache: Optional[KVCache] = None,
-                 codecs: Optional[Mapping[str, object]] = None, kv_shape: Optional[KVShape] = None):
+                 codecs: Optional[Mapping[str, object]] = None, kv_shape: Optional[KVShape] = None,
+                 remote: Optional[SharedKVStore] = None):
         if (capacities is None) == (cache is None):
             raise ValueError("give exactly one of capacities (a new KVCache) and cache (an existing one)")
         codecs = dict(codecs or {})
@@ -72,7 +79,13 @@ class SegmentStore:
             raise ValueError("kv_shape is required when a codec other than 'raw' is used")
         self.kv_shape = kv_shape
         self.cache = cache if cache is not None else KVCache(capacities, policy=policy, block_bytes=block_bytes)
-        self.disk = DiskKVStore(directory) if directory is not None else None
+        if remote is not None and not isinstance(remote, SharedKVStore):
+            raise ValueError(f"remote must be a shared KV store (e.g. a RedisKVStore), got {type(remote).__name__}")
+        self.shared: Dict[str, SharedKVStore] = {}
+        if directory is not None:
+            self.shared["disk"] = DiskKVStore(directory)
+        if remote is not None:
+            self.shared["remote"] = remote
         self._stats = SegmentStats()
         self._held: Dict[str, List[int]] = {}
         self._lock = threading.Lock()
@@ -83,22 +96,28 @@ class SegmentStore:
             return SegmentStats(**self._stats.as_dict())
 
     def cached_prefix(self, namespace: str, keys: Sequence[str]) -> int:
-        """How many leading segments are available (memory, then disk); records nothing."""
+        """How many leading segments are available (memory, then the shared layers); records nothing."""
         n = self.cache.peek(namespace, list(keys)).matched_docs
-        while self.disk is not None and n < len(keys) and self.disk.contains(self._disk_namespace(namespace), keys[:n + 1]):
+        while n < len(keys) and any(self._contains(layer, namespace, keys[:n + 1]) for layer in self.shared):
             n += 1
         return n
 
+    def _contains(self, layer: str, namespace: str, keys) -> bool:
+        try:
+            return self.shared[layer].contains(self._shared_namespace(layer, namespace), keys)
+        except StorageError:  # unreachable: not available
+            return False
+
     def acquire(self, request_id: str, namespace: str, keys: Sequence[str], tokens: Sequence[int]) -> List[int]:
-        """Bring the path into memory (from disk where needed) and hold its nodes for the
+        """Bring the path into memory (from the shared layers where needed) and hold its nodes for the
         request (locked until ``release``). Returns the node ids held, root first; fewer
         than the keys when part of the path vanished or could not be read."""
         keys = list(keys)
         with self._lock:
             self._stats.lookups += 1
         held = list(self.cache.match(namespace, keys, list(tokens), lock=True).node_ids)
-        if len(held) < len(keys) and self.disk is not None:
-            held = self._from_disk(namespace, keys, list(tokens), held)
+        if len(held) < len(keys) and self.shared:
+            held = self._from_shared(namespace, keys, list(tokens), held)
         with self._lock:
             self._held.setdefault(request_id, []).extend(held)
             self._stats.hit_segments += len(held)
@@ -108,38 +127,37 @@ class SegmentStore:
                 self._stats.by_tier[tier] = self._stats.by_tier.get(tier, 0) + 1
         return held
 
-    def _from_disk(self, namespace, keys, tokens, held) -> List[int]:
-        """Extend the held path with nodes read from disk (locked as they are stored)."""
-        payloads = []
-        for j in range(len(held), len(keys)):
-            try:
-                payload = self._recode(self.disk.get(self._disk_namespace(namespace), keys[:j + 1]), "disk", "memory")
-            except (StorageError, CodecError):
-                self._failed()
-                payload = None
-            if payload is None:
-                break
-            payloads.append(payload)
-        if not payloads:
-            return held
-        end = len(held) + len(payloads)
-        sizes = [int(self.cache.node(n).nbytes) for n in held] + [int(p.nbytes) for p in payloads]
+    def _from_shared(self, namespace, keys, tokens, held) -> List[int]:
+        """Extend the held path with nodes read from the shared layers (locked as they are stored)."""
+        found = []  # the layer each fetched segment came from
+
+        def fetch(j):
+            for layer, store in self.shared.items():
+                try:
+                    payload = store.get(self._shared_namespace(layer, namespace), keys[:j + 1])
+                    payload = self._recode(payload, layer, "memory")
+                except (StorageError, CodecError):  # damaged, or the store cannot answer: try the next one
+                    self._failed()
+                    continue
+                if payload is not None:
+                    found.append(layer)
+                    return payload
+            return None
+
         try:
-            r = self.cache.put(namespace, keys[:end], tokens[:end], sizes, payloads=[None] * len(held) + payloads,
-                               tier=self.cache.tiers[0], lock=True)
+            extended = extend_path(self.cache, namespace, keys, tokens, held, fetch, self.cache.tiers[0])
         except (CapacityError, StorageError):
             self._failed()
             return held
-        if held:
-            self.cache.unlock(held)  # the put locked the whole path again
         with self._lock:
-            self._stats.disk_hits += len(payloads)
-        return list(r.node_ids)
+            for layer in found:
+                setattr(self._stats, f"{layer}_hits", getattr(self._stats, f"{layer}_hits") + 1)
+        return extended
 
-    def _disk_namespace(self, namespace: str) -> str:
-        """Blobs are filed under their codec too, so a store reading the directory with
+    def _shared_namespace(self, layer: str, namespace: str) -> str:
+        """Shared blobs are filed under their codec too, so a store reading them with
         another codec finds nothing (a miss) instead of bytes it would misread."""
-        codec = self.codecs["disk"]
+        codec = self.codecs[layer]
         return namespace if isinstance(codec, RawCodec) else f"{namespace}@{codec.name}"
 
     def _recode(self, payload, source: str, target: str):
@@ -161,7 +179,7 @@ class SegmentStore:
              payloads: Mapping[int, object]) -> int:
         """Store the segments ``payloads`` gives (path index -> raw payload) below the rest of
         the path, which must already be cached (a node is never stored with bytes it does not
-        hold). Returns how many nodes were created; each is also written to disk."""
+        hold). Returns how many nodes were created; each is also written to the shared layers."""
         keys, tokens = list(keys), [int(t) for t in tokens]
         raw = payloads
         try:
@@ -189,10 +207,15 @@ class SegmentStore:
         with self._lock:
             self._stats.saved_segments += len(created)
             self._stats.saved_bytes += sum(sizes[j] for j in created)
-        if self.disk is not None:
+        for layer, store in self.shared.items():
             for j in range(have, end):
-                blob = self._recode(raw[j], "raw", "disk")
-                if self.disk.put(self._disk_namespace(namespace), keys[:j + 1], blob):
+                blob = self._recode(raw[j], "raw", layer)
+                try:
+                    written = store.put(self._shared_namespace(layer, namespace), keys[:j + 1], blob)
+                except StorageError:  # the shared copy is lost; the memory copy serves this process
+                    self._failed()
+                    continue
+                if written and layer == "disk":
                     with self._lock:
                         self._stats.saved_disk_bytes += int(memoryview(blob).nbytes)
         return len(created)

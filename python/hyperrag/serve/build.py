@@ -56,7 +56,7 @@ def build_controller(config, schedule, engine: str = "simulated", *, stage_secon
 
 def _controller_options(kwargs: dict) -> dict:
     return {k: kwargs.pop(k) for k in ("reorder", "speculative", "speculative_pool", "starvation_window_s",
-                                       "doc_order", "admission", "system_prompt") if k in kwargs}
+                                       "doc_order", "admission", "system_prompt", "remote") if k in kwargs}
 
 
 def _budget(kwargs: dict, name: str, default_bytes: float) -> int:

@@ -54,7 +54,7 @@ class RAGServeController:
                  reorder: bool = True, starvation_window_s: float = 1.0,
                  speculative: bool = True, speculative_pool: int = 4,
                  insert_tier: str = "gpu", system_prompt: str = "", default_output_tokens: int = 0,
-                 doc_order: str = "retrieval", admission: str = "all", config=None, schedule=None):
+                 doc_order: str = "retrieval", admission: str = "all", remote=None, config=None, schedule=None):
         if not isinstance(engine, Engine):
             raise TypeError(f"engine must be a hyperrag Engine, got {type(engine).__name__}")
         if isinstance(starvation_window_s, bool) or not isinstance(starvation_window_s, (int, float)) \
@@ -82,7 +82,7 @@ class RAGServeController:
         self.config = config
         self.schedule = schedule
         self.recorder = MetricsRecorder()
-        self.transactions = CacheTransactions(cache, engine, insert_tier, self.recorder, admission)
+        self.transactions = CacheTransactions(cache, engine, insert_tier, self.recorder, admission, remote)
 
     # ----------------------------------------------------------------- public
     def process(self, query: Query) -> QueryResult:

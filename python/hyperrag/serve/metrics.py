@@ -43,6 +43,9 @@ class ControllerMetrics:
     speculation_errors: int      # discarded speculations that failed with an error (the query was served)
     stale_nodes_removed: int     # nodes dropped because their document's content changed
     store_errors: int            # new KV that could not be stored (the query was served; the KV recomputes later)
+    remote_hits: int             # segments brought from the shared tier (another process computed them)
+    remote_hit_bytes: int
+    remote_errors: int           # shared-tier values refused or calls failed (those segments were recomputed)
 
     def as_dict(self) -> dict:
         return dict(self.__dict__)
@@ -52,7 +55,8 @@ class MetricsRecorder:
     """Counters of everything the controller served. Safe to update and read from
     many threads (one lock; every update is a few additions)."""
 
-    COUNTERS = ("speculations", "speculations_kept", "speculation_errors", "stale_nodes_removed", "store_errors")
+    COUNTERS = ("speculations", "speculations_kept", "speculation_errors", "stale_nodes_removed", "store_errors",
+                "remote_hits", "remote_hit_bytes", "remote_errors")
     SECONDS = ("prefill_s", "saved_prefill_s", "wasted_prefill_s")
 
     def __init__(self):

@@ -14,6 +14,13 @@ atomic inside the cache, so many jobs of many threads interleave safely:
 Segments are keyed by their content (hyperrag.cache.identity): a document id
 whose content changed gets a new key, and the old key's nodes are dropped.
 
+A shared tier (``remote``: a RedisKVStore or a directory, see
+hyperrag.cache.shared_tier) sits behind the memory tiers: a lookup that stops
+short brings the next segments that another process stored from there into
+the slowest memory tier (then promoted like any slow hit), and every segment
+a job creates is written there too (in the background for Redis). A shared
+value that is damaged or a store that cannot answer is a miss, counted.
+
 Admission ("what deserves a node"): "all" stores every new segment of a path;
 "reused_prefix" stores a new document only when it follows the system prompt
 directly or follows a segment this job reused, so a path grows by one document
@@ -25,6 +32,7 @@ from dataclasses import dataclass, field
 from typing import Any, List, Optional, Protocol, Sequence, Tuple, runtime_checkable
 
 from hyperrag.cache import CapacityError, StorageError
+from hyperrag.cache.shared_tier import SharedKVStore, extend_path
 from hyperrag.engines.base import DocumentKV, Engine, Prompt
 from hyperrag.serve.popularity import DocumentPopularity
 
@@ -90,9 +98,12 @@ class CacheTransactions:
     configuration, so one instance serves every thread."""
 
     def __init__(self, cache: Optional[CacheBackend], engine: Engine, insert_tier: str, recorder,
-                 admission: str = "all"):
+                 admission: str = "all", remote: Optional[SharedKVStore] = None):
         if admission not in ADMISSIONS:
             raise ValueError(f"admission {admission!r} is unknown; allowed: {', '.join(ADMISSIONS)}")
+        if remote is not None and not isinstance(remote, SharedKVStore):
+            raise ValueError(f"remote must be a shared KV store (a RedisKVStore or DiskKVStore), "
+                             f"got {type(remote).__name__}")
         self.admission = admission
         self.popularity = DocumentPopularity()
         if cache is not None and not isinstance(cache, CacheBackend):
@@ -104,6 +115,9 @@ class CacheTransactions:
         self.engine = engine
         self.recorder = recorder
         self.uses_payloads = not getattr(engine, "accounts_only", False)
+        if remote is not None and (cache is None or not self.uses_payloads):
+            raise ValueError("remote needs a cache and an engine with real KV payloads (not the simulated engine)")
+        self.remote = remote
         self.insert_tiers: Tuple[str, ...] = ()
         if cache is not None:
             present = list(cache.tiers)
@@ -145,8 +159,37 @@ class CacheTransactions:
         """Match and lock the cached prefix (one atomic cache call; counts one lookup)."""
         if self.cache is None:
             return Lookup()
-        m = self.cache.match(namespace, list(prompt.keys), list(prompt.segment_tokens), lock=True)
-        return Lookup(list(m.node_ids), list(m.tiers), [int(t) for t in m.tokens])
+        keys, tokens = list(prompt.keys), [int(t) for t in prompt.segment_tokens]
+        m = self.cache.match(namespace, keys, tokens, lock=True)
+        lookup = Lookup(list(m.node_ids), list(m.tiers), [int(t) for t in m.tokens])
+        if self.remote is not None and lookup.matched_docs < len(keys):
+            lookup = self._from_remote(namespace, keys, tokens, lookup)
+        return lookup
+
+    def _from_remote(self, namespace: str, keys: List[str], tokens: List[int], lookup: Lookup) -> Lookup:
+        """Extend the locked prefix with the segments the shared tier holds."""
+        fetched = []
+
+        def fetch(j):
+            try:
+                payload = self.remote.get(namespace, keys[:j + 1])
+            except StorageError:  # damaged value or unreachable store: recompute from here
+                self.recorder.count("remote_errors")
+                return None
+            if payload is not None:
+                fetched.append(int(payload.nbytes))
+            return payload
+
+        try:
+            held = extend_path(self.cache, namespace, keys, tokens, lookup.node_ids, fetch, self.insert_tiers[-1])
+        except (CapacityError, StorageError):  # no room for them in memory: computed instead
+            self.recorder.count("store_errors")
+            return lookup
+        if fetched:
+            self.recorder.count("remote_hits", len(fetched))
+            self.recorder.count("remote_hit_bytes", sum(fetched))
+        new = held[lookup.matched_docs:]
+        return Lookup(held, lookup.tiers + [self.cache.node(n).tier for n in new], tokens[:len(held)])
 
     def load(self, lookup: Lookup, doc_ids: Sequence[str]) -> Tuple[List[DocumentKV], int, Lookup]:
         """Promote slow hits to the insert tier (if it has room; else they are read
@@ -217,7 +260,18 @@ class CacheTransactions:
             self.cache.touch(lookup.node_ids)
         if stored is not None:
             self.cache.unlock(list(stored.node_ids))
+            self._share(namespace, keys, [j for j, c in enumerate(stored.created) if c], payloads)
         return sum(1 for i, c in enumerate(stored.created) if c and i >= prompt.fixed) if stored is not None else 0
+
+    def _share(self, namespace: str, keys: List[str], created: List[int], payloads) -> None:
+        """Write the segments this job created to the shared tier (queued for Redis)."""
+        if self.remote is None:
+            return
+        for j in created:
+            try:
+                self.remote.put(namespace, keys[:j + 1], payloads[j])
+            except StorageError:
+                self.recorder.count("remote_errors")
 
     def release(self, node_ids: Sequence[int]) -> None:
         if node_ids and self.cache is not None:
