@@ -4,7 +4,7 @@ from hyperrag.data import load_corpus, load_queries
 
 
 def queries(n: int):
-    docs = sorted(load_corpus(), key=lambda d: len(d.text))[:n]
+    docs = sorted(load_corpus(), key=lambda d: len(d.text))[:max(n, 8)]
     texts = {d.doc_id: d.text for d in docs}
     ids = sorted(texts)
     out = []

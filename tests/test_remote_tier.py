@@ -102,3 +102,76 @@ def test_faults_never_change_answers_and_hits_resume_after_restart(tiny_model_di
     reader = controller(tiny_model_dir, store(redis_server.url))
     assert answers(reader, qs[10:]) == recomputed[10:]
     assert reader.metrics().remote_hits >= 1  # hits resume for what was stored after the restart
+
+
+def test_metrics_endpoint_agrees_with_the_controller(tiny_model_dir, redis_server):  # noqa: F811
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from hyperrag.serve.prometheus import serve_metrics
+    from remote_workload import queries
+
+    writer = controller(tiny_model_dir, store(redis_server.url))
+    answers(writer, queries(6))
+    ctrl = controller(tiny_model_dir, store(redis_server.url))
+    answers(ctrl, queries(8))  # 6 paths from the shared tier, 2 computed; then repeats from memory
+    answers(ctrl, queries(8))
+    server = serve_metrics(ctrl, port=0)
+    try:
+        text = urllib.request.urlopen(server.url, timeout=10).read().decode()
+    finally:
+        server.close()
+    samples = {}
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            samples[(s.name, tuple(sorted(s.labels.items())))] = s.value
+    m = ctrl.metrics()
+    assert samples[("hyperrag_queries_total", ())] == m.queries == 16
+    assert samples[("hyperrag_tier_hits_total", (("tier", "remote"),))] == m.remote_hits >= 6
+    for tier, n in m.tier_hits.items():
+        assert samples[("hyperrag_tier_hits_total", (("tier", tier),))] == n
+    assert samples[("hyperrag_remote_hit_bytes_total", ())] == m.remote_hit_bytes > 0
+    assert samples[("hyperrag_remote_errors_total", ())] == m.remote_errors == 0
+    assert samples[("hyperrag_ttft_seconds_count", ())] == m.queries
+    assert samples[("hyperrag_ttft_seconds_sum", ())] == pytest.approx(m.ttft_sum_s)
+    assert samples[("hyperrag_ttft_seconds_bucket", (("le", "+Inf"),))] == m.queries
+    assert samples[("hyperrag_remote_store_total", (("counter", "hits"),))] == m.remote_hits
+    assert samples[("hyperrag_tier_used_bytes", (("tier", "host"),))] == m.host_used_mib * (1 << 20)
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    ({"remote": object()}, "remote must be a shared KV store"),
+    ({"metrics_port": -1}, r"metrics_port must be an int in \[0, 65535\]"),
+    ({"metrics_port": "9400"}, "metrics_port must be an int"),
+])
+def test_bad_remote_options_name_the_field(kwargs, message):
+    from hyperrag import RAGOptimize, RAGOptimizeConfig
+
+    with pytest.raises(ValueError, match=message):
+        RAGOptimize(RAGOptimizeConfig()).build_controller(**kwargs)
+
+
+def test_the_simulated_engine_refuses_a_remote_tier(tmp_path):
+    from hyperrag import RAGOptimize, RAGOptimizeConfig
+    from hyperrag.cache.disk_store import DiskKVStore
+
+    with pytest.raises(ValueError, match="real KV payloads"):
+        RAGOptimize(RAGOptimizeConfig()).build_controller(remote=DiskKVStore(tmp_path))
+
+
+def test_metrics_port_serves_the_controller(tiny_model_dir):  # noqa: F811
+    import urllib.request
+
+    from hyperrag import RAGOptimize, RAGOptimizeConfig
+    from remote_workload import queries
+
+    ctrl = RAGOptimize(RAGOptimizeConfig()).build_controller(
+        engine="transformers", model_path=str(tiny_model_dir), engine_kwargs={"dtype": "float32"},
+        default_output_tokens=2, metrics_port=0)
+    try:
+        answers(ctrl, queries(3))
+        text = urllib.request.urlopen(ctrl.metrics_server.url, timeout=10).read().decode()
+    finally:
+        ctrl.metrics_server.close()
+    assert "hyperrag_queries_total 3.0" in text and "hyperrag_remote_store" not in text

@@ -35,7 +35,10 @@ def build_controller(config, schedule, engine: str = "simulated", *, stage_secon
     ``doc_order`` ("retrieval" | "cache_aware"), ``admission`` ("all" |
     "reused_prefix"), ``system_prompt``, ``policy``, ``gpu_bytes`` /
     ``host_bytes`` (override the budgets; 0 means no such tier),
-    ``storage_scale``, ``block_bytes``; the transformers engine also takes
+    ``storage_scale``, ``block_bytes``, ``remote`` (a shared tier: a
+    RedisKVStore, a DiskKVStore or a redis:// URL; real engines only),
+    ``metrics_port`` (serve Prometheus metrics on this port: the server is
+    ``controller.metrics_server``); the transformers engine also takes
     ``model_path`` (a local Hugging Face directory or "smollm2"),
     ``engine_kwargs`` (passed to TransformersEngine) and
     ``default_output_tokens`` (greedy answer length when a Query does not set
@@ -45,13 +48,27 @@ def build_controller(config, schedule, engine: str = "simulated", *, stage_secon
     """
     from hyperrag.engines.base import Engine
 
+    metrics_port = kwargs.pop("metrics_port", None)
+    if metrics_port is not None and (isinstance(metrics_port, bool) or not isinstance(metrics_port, int)
+                                     or not 0 <= metrics_port <= 65535):
+        raise ValueError(f"metrics_port must be an int in [0, 65535] (0: any free port), got {metrics_port!r}")
+    if isinstance(kwargs.get("remote"), str):
+        from hyperrag.cache.redis_store import RedisKVStore
+
+        kwargs["remote"] = RedisKVStore(kwargs["remote"])
     if isinstance(engine, Engine):
-        return _build_transformers(config, schedule, loaded=engine, **kwargs)
-    if engine not in ENGINES:
+        controller = _build_transformers(config, schedule, loaded=engine, **kwargs)
+    elif engine not in ENGINES:
         raise ValueError(f"engine {engine!r} is unknown; allowed: {', '.join(ENGINES)} or a TransformersEngine")
-    if engine == "transformers":
-        return _build_transformers(config, schedule, **kwargs)
-    return _build_simulated(config, schedule, stage_seconds or {}, **kwargs)
+    elif engine == "transformers":
+        controller = _build_transformers(config, schedule, **kwargs)
+    else:
+        controller = _build_simulated(config, schedule, stage_seconds or {}, **kwargs)
+    if metrics_port is not None:
+        from hyperrag.serve.prometheus import serve_metrics
+
+        controller.metrics_server = serve_metrics(controller, metrics_port)
+    return controller
 
 
 def _controller_options(kwargs: dict) -> dict:

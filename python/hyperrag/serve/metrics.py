@@ -13,6 +13,8 @@ MIB = 1 << 20
 # Latency percentiles are over the most recent queries (a ring of this many), so a
 # long-running server's metrics take constant memory; means and counts cover all.
 LATENCY_WINDOW = 1 << 17
+# TTFT histogram bucket bounds (seconds), cumulative counts over every query (Prometheus style).
+TTFT_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, float("inf"))
 
 
 @dataclass
@@ -46,6 +48,10 @@ class ControllerMetrics:
     remote_hits: int             # segments brought from the shared tier (another process computed them)
     remote_hit_bytes: int
     remote_errors: int           # shared-tier values refused or calls failed (those segments were recomputed)
+    tier_hits: Dict[str, int]    # segments reused, by the tier they were found in
+    tier_hit_tokens: Dict[str, int]
+    ttft_buckets: Dict[float, int]  # queries with TTFT <= bound, for each bound of TTFT_BUCKETS
+    ttft_sum_s: float
 
     def as_dict(self) -> dict:
         return dict(self.__dict__)
@@ -70,6 +76,9 @@ class MetricsRecorder:
         self._ttft = np.zeros(LATENCY_WINDOW)
         self._counts = dict.fromkeys(self.COUNTERS, 0)
         self._seconds = dict.fromkeys(self.SECONDS, 0.0)
+        self._tier_hits: Dict[str, int] = {}
+        self._tier_tokens: Dict[str, int] = {}
+        self._buckets = np.zeros(len(TTFT_BUCKETS), dtype=np.int64)
 
     def add_result(self, r: QueryResult) -> None:
         with self._lock:
@@ -80,6 +89,11 @@ class MetricsRecorder:
             self._doc_computed_tokens += r.computed_tokens - r.question_tokens
             self._ttft_sum += r.ttft_s
             self._total_sum += r.total_latency_s
+            self._buckets[np.searchsorted(TTFT_BUCKETS, r.ttft_s):] += 1
+            for tier, n in r.tier_hits.items():
+                self._tier_hits[tier] = self._tier_hits.get(tier, 0) + n
+            for tier, n in r.tier_hit_tokens.items():
+                self._tier_tokens[tier] = self._tier_tokens.get(tier, 0) + n
 
     def count(self, name: str, n: int = 1) -> None:
         with self._lock:
@@ -125,4 +139,8 @@ class MetricsRecorder:
                 mean_total_latency_s=self._total_sum / n if n else 0.0,
                 **self._seconds,
                 **self._counts,
+                tier_hits=dict(self._tier_hits),
+                tier_hit_tokens=dict(self._tier_tokens),
+                ttft_buckets=dict(zip(TTFT_BUCKETS, (int(c) for c in self._buckets))),
+                ttft_sum_s=self._ttft_sum,
             )
