@@ -122,3 +122,17 @@ def test_bad_configuration_names_the_field(kwargs, message):
     pytest.importorskip("redis")
     with pytest.raises(ValueError, match=message):
         RedisKVStore(**kwargs)
+
+
+def test_get_many_answers_a_whole_path_in_one_call(redis_server):  # noqa: F811
+    store = RedisKVStore(redis_server.url, write="back", chunk_bytes=4096)
+    paths = [["s"], ["s", "a"], ["s", "a", "b"], ["s", "a", "b", "c"]]
+    for i, path in enumerate(paths[:3]):
+        store.put("ns", path, payload(6000 if i == 1 else 500, i))  # the middle one is chunked
+    assert store.flush(5.0) and store.stats().puts == 3
+    redis_server.client().set(store.key("ns", paths[2]), b"garbage")
+    entries = store.get_many("ns", paths)
+    assert np.array_equal(entries[0], payload(500, 0)) and np.array_equal(entries[1], payload(6000, 1))
+    assert isinstance(entries[2], BlobError) and entries[3] is None
+    s = store.stats()
+    assert (s.gets, s.hits, s.corrupt) == (4, 2, 1)

@@ -66,5 +66,15 @@ class DiskKVStore:
             return None
         return blob.decode(data, identity)
 
+    def get_many(self, namespace: str, paths: Sequence[Sequence[str]]) -> list:
+        """``get`` of each path: the payload, None, or the BlobError that refused the file."""
+        out = []
+        for path in paths:
+            try:
+                out.append(self.get(namespace, path))
+            except blob.BlobError as e:
+                out.append(e)
+        return out
+
     def remove(self, namespace: str, keys: Sequence[str]) -> None:
         self._file(path_key(namespace, keys)).unlink(missing_ok=True)

@@ -16,10 +16,12 @@ content path), so a SegmentStore uses either as its shared layer.
   server costs one timeout, not one per query; the next call after the
   back-off reconnects. Failures are counted, never raised to the serving path
   as anything but StorageError.
-- Writes are synchronous (``write="through"``) or queued to one background
-  thread (``write="back"``); the queue is bounded and a put that finds it full
-  is dropped and counted (a cache may lose an entry; it must not grow without
-  bound or block a query).
+- Reads of several nodes take one round trip (MGET, ``get_many``); writes are
+  pipelined. Writes are synchronous (``write="through"``) or queued to one
+  background thread (``write="back"``) that sends what is queued in one
+  pipeline; the queue is bounded and a put that finds it full is dropped and
+  counted (a cache may lose an entry; it must not grow without bound or block
+  a query).
 - Size: Redis's own ``maxmemory`` with an LRU policy bounds it (see
   docs/remote.md); this store keeps no accounting of its own.
 
@@ -43,6 +45,7 @@ from .kv_cache import StorageError
 LAYOUT_VERSION = 1
 _MANIFEST = b"HRCHUNKS"
 WRITE_MODES = ("through", "back")
+WRITE_BATCH = 16  # queued writes sent in one pipelined round trip
 
 
 class RemoteError(StorageError):
@@ -107,24 +110,35 @@ class RedisKVStore:
     def get(self, namespace: str, keys: Sequence[str]) -> Optional[np.ndarray]:
         """The payload, or None when Redis does not hold it; BlobError when the stored value
         is not intact, RemoteError when Redis cannot answer (both StorageError, counted)."""
-        identity = path_key(namespace, keys)
-        key = self.key(namespace, keys)
-        self._count(gets=1)
-        value = self._call(lambda: self.client.get(key))
-        if value is None:
-            return None
+        (entry,) = self.get_many(namespace, [keys])
+        if isinstance(entry, Exception):
+            raise entry
+        return entry
+
+    def get_many(self, namespace: str, paths: Sequence[Sequence[str]]) -> list:
+        """Several nodes in one round trip (MGET; chunked values take one more each). Each
+        entry is the payload, None (absent), or the BlobError that refused the value;
+        RemoteError (counted) when Redis cannot answer."""
+        keys = [self.key(namespace, path) for path in paths]
+        self._count(gets=len(keys))
+        values = self._call(lambda: self.client.mget(keys))
+        out = []
+        for path, key, value in zip(paths, keys, values):
+            try:
+                out.append(None if value is None else self._decode(namespace, path, key, value))
+            except blob.BlobError as e:
+                self._count(corrupt=1)
+                out.append(e)
+        return out
+
+    def _decode(self, namespace: str, path: Sequence[str], key: str, value: bytes) -> np.ndarray:
         if value.startswith(_MANIFEST):
             count = int(value[len(_MANIFEST):])
             parts = self._call(lambda: self.client.mget([f"{key}:{i}" for i in range(count)]))
-            if parts is None or any(p is None for p in parts):
-                self._count(corrupt=1)
+            if any(p is None for p in parts):
                 raise blob.BlobError(f"a chunk of {key} is missing (evicted or not yet written)")
             value = b"".join(parts)
-        try:
-            payload = blob.decode(value, identity)
-        except blob.BlobError:
-            self._count(corrupt=1)
-            raise
+        payload = blob.decode(value, path_key(namespace, path))
         self._count(hits=1, bytes_read=len(value))
         return payload
 
@@ -164,21 +178,25 @@ class RedisKVStore:
         return self._queue.qsize()
 
     # ------------------------------------------------------------ internals
-    def _write(self, key: str, value: bytes) -> None:
-        if len(value) <= self.chunk_bytes:
-            self._call(lambda: self.client.set(key, value))
-        else:
-            chunks = [value[i:i + self.chunk_bytes] for i in range(0, len(value), self.chunk_bytes)]
+    def _write(self, key: str, value) -> None:
+        self._write_many([(key, value)])
 
-            def write_all():
-                pipe = self.client.pipeline(transaction=False)
-                for i, chunk in enumerate(chunks):
-                    pipe.set(f"{key}:{i}", chunk)
-                pipe.set(key, _MANIFEST + str(len(chunks)).encode())  # last: readers never see a partial set
-                return pipe.execute()
-
-            self._call(write_all)
-        self._count(puts=1, bytes_written=len(value))
+    def _write_many(self, items) -> None:
+        """Store (key, blob) items in one pipelined round trip; a chunked blob's manifest goes
+        after its chunks, so a reader never sees a manifest before all of them."""
+        pipe = self.client.pipeline(transaction=False)
+        for key, value in items:
+            if len(value) <= self.chunk_bytes:
+                pipe.set(key, value)
+                continue
+            view = memoryview(value)  # chunks are views: no copy of the blob
+            count = 0
+            for i in range(0, len(value), self.chunk_bytes):
+                pipe.set(f"{key}:{count}", view[i:i + self.chunk_bytes])
+                count += 1
+            pipe.set(key, _MANIFEST + str(count).encode())
+        self._call(pipe.execute)
+        self._count(puts=len(items), bytes_written=sum(len(v) for _, v in items))
 
     def _chunks_of(self, key: str) -> int:
         value = self._call(lambda: self.client.get(key))
@@ -186,13 +204,19 @@ class RedisKVStore:
 
     def _drain(self) -> None:
         while True:
-            key, value = self._queue.get()
+            items = [self._queue.get()]
+            while len(items) < WRITE_BATCH:  # whatever else is queued goes in the same round trip
+                try:
+                    items.append(self._queue.get_nowait())
+                except queue.Empty:
+                    break
             try:
-                self._write(key, value)
+                self._write_many(items)
             except RemoteError:
-                pass  # counted in _call; the entry is simply not shared
+                pass  # counted in _call; these entries are simply not shared
             finally:
-                self._queue.task_done()
+                for _ in items:
+                    self._queue.task_done()
 
     def _call(self, fn):
         """Run one Redis call; RemoteError (counted) on failure or while backing off."""

@@ -128,21 +128,33 @@ class SegmentStore:
         return held
 
     def _from_shared(self, namespace, keys, tokens, held) -> List[int]:
-        """Extend the held path with nodes read from the shared layers (locked as they are stored)."""
-        found = []  # the layer each fetched segment came from
+        """Extend the held path with nodes read from the shared layers (locked as they are
+        stored): each layer is asked once for every segment still missing."""
+        found: Dict[int, tuple] = {}  # path index -> (layer, payload in the memory codec)
+        for layer, store in self.shared.items():
+            need = [j for j in range(len(held), len(keys)) if j not in found]
+            if not need:
+                break
+            try:
+                entries = store.get_many(self._shared_namespace(layer, namespace), [keys[:j + 1] for j in need])
+            except StorageError:  # the store cannot answer: try the next one
+                self._failed()
+                continue
+            for j, entry in zip(need, entries):
+                if isinstance(entry, StorageError):  # damaged: refused, never served
+                    self._failed()
+                elif entry is not None:
+                    try:
+                        found[j] = (layer, self._recode(entry, layer, "memory"))
+                    except CodecError:
+                        self._failed()
+        used = []
 
         def fetch(j):
-            for layer, store in self.shared.items():
-                try:
-                    payload = store.get(self._shared_namespace(layer, namespace), keys[:j + 1])
-                    payload = self._recode(payload, layer, "memory")
-                except (StorageError, CodecError):  # damaged, or the store cannot answer: try the next one
-                    self._failed()
-                    continue
-                if payload is not None:
-                    found.append(layer)
-                    return payload
-            return None
+            if j not in found:
+                return None
+            used.append(found[j][0])
+            return found[j][1]
 
         try:
             extended = extend_path(self.cache, namespace, keys, tokens, held, fetch, self.cache.tiers[0])
@@ -150,7 +162,7 @@ class SegmentStore:
             self._failed()
             return held
         with self._lock:
-            for layer in found:
+            for layer in used:
                 setattr(self._stats, f"{layer}_hits", getattr(self._stats, f"{layer}_hits") + 1)
         return extended
 

@@ -24,6 +24,10 @@ class SharedKVStore(Protocol):
 
     def get(self, namespace: str, keys: Sequence[str]): ...
 
+    def get_many(self, namespace: str, paths: Sequence[Sequence[str]]) -> list:
+        """Each path's payload, None, or the StorageError that refused it (one round trip
+        where the store can); raises StorageError when the store cannot answer at all."""
+
     def put(self, namespace: str, keys: Sequence[str], payload) -> bool: ...
 
 

@@ -167,18 +167,23 @@ class CacheTransactions:
         return lookup
 
     def _from_remote(self, namespace: str, keys: List[str], tokens: List[int], lookup: Lookup) -> Lookup:
-        """Extend the locked prefix with the segments the shared tier holds."""
+        """Extend the locked prefix with the segments the shared tier holds (one round trip)."""
+        start = lookup.matched_docs
+        try:
+            entries = self.remote.get_many(namespace, [keys[:j + 1] for j in range(start, len(keys))])
+        except StorageError:  # the store cannot answer: compute everything missing
+            self.recorder.count("remote_errors")
+            return lookup
         fetched = []
 
         def fetch(j):
-            try:
-                payload = self.remote.get(namespace, keys[:j + 1])
-            except StorageError:  # damaged value or unreachable store: recompute from here
+            entry = entries[j - start]
+            if isinstance(entry, StorageError):  # a damaged value: recompute from here
                 self.recorder.count("remote_errors")
                 return None
-            if payload is not None:
-                fetched.append(int(payload.nbytes))
-            return payload
+            if entry is not None:
+                fetched.append(int(entry.nbytes))
+            return entry
 
         try:
             held = extend_path(self.cache, namespace, keys, tokens, lookup.node_ids, fetch, self.insert_tiers[-1])
@@ -188,7 +193,7 @@ class CacheTransactions:
         if fetched:
             self.recorder.count("remote_hits", len(fetched))
             self.recorder.count("remote_hit_bytes", sum(fetched))
-        new = held[lookup.matched_docs:]
+        new = held[start:]
         return Lookup(held, lookup.tiers + [self.cache.node(n).tier for n in new], tokens[:len(held)])
 
     def load(self, lookup: Lookup, doc_ids: Sequence[str]) -> Tuple[List[DocumentKV], int, Lookup]:
