@@ -653,6 +653,50 @@ def sec_rerank(name: str, d: dict) -> List[str]:
     return out
 
 
+def sec_remote(name: str, d: dict) -> List[str]:
+    a, s = d["args"], d["summary"]
+    out = [heading("The shared remote tier on Redis", command(name, a)), provenance(name, d), ""]
+    t = s["ttft"]
+    out += para(
+        f"One redis-server on this machine. A first controller serves {fnum(a['queries'])} prompts (the system "
+        f"prompt and 3 documents of the bundled corpus, every prompt a new document path) and shares their KV; a "
+        f"second controller with empty memory tiers serves the same prompts from Redis; a controller without "
+        f"cache recomputes them; then the second serves them again from its own memory. SmolLM2-135M bf16, "
+        f"one-token generate, each query's TTFT the median of {fnum(a['passes'])} passes (each from an empty "
+        f"Redis). {fnum(s['remote_hits_per_pass'])} segments ({s['remote_hit_bytes_per_pass'] / 2**20:,.0f} MiB) "
+        f"came from Redis per pass, with {fnum(s['remote_errors'])} errors.")
+    names = {"remote_hit": "KV from Redis", "recompute": "recompute (no cache)", "memory_hit": "KV from memory"}
+    out += [""] + table(["system", "mean", "median", "p90", "mean vs recompute"],
+                        [[names.get(k, k), f"{ms(v['mean_s'], 0)} ms", f"{ms(v['median_s'], 0)} ms",
+                          f"{ms(v['p90_s'], 0)} ms", f"{t['recompute']['mean_s'] / v['mean_s']:.2f}x"]
+                         for k, v in t.items()])
+    out += [""] + para(
+        "Bandwidth of single requests on the same server (one client, one request at a time, GB/s): "
+        "RedisKVStore put/get (blob encoding and CRC included) against redis-benchmark's SET/GET of values of the "
+        "same size.")
+    out += [""] + table(["value size", "HyperRAG set", "redis-benchmark SET", "HyperRAG get", "redis-benchmark GET"],
+                        [[f"{k} MiB", f"{v['hyperrag']['set_gbps']:.2f}", f"{v['redis_benchmark']['set_gbps']:.2f}",
+                          f"{v['hyperrag']['get_gbps']:.2f}", f"{v['redis_benchmark']['get_gbps']:.2f}"]
+                         for k, v in s["bandwidth"].items()])
+    return out
+
+
+def sec_remote_soak(name: str, d: dict) -> List[str]:
+    a, s = d["args"], d["summary"]
+    out = [heading("Soak of the remote tier", command(name, a)), provenance(name, d), ""]
+    out += para(
+        f"{fnum(s['queries'])} queries ({s['queries_per_s']:.0f}/s) of a tiny float32 Llama against one "
+        f"redis-server (maxmemory {fnum(a['redis_mb'])} MiB, allkeys-lru), memory tier {fnum(a['gpu_mb'])} MiB "
+        f"(a fraction of the working set), write-back through the bounded queue. Sampled every second "
+        f"({fnum(s['samples'])} samples; the first {pct(a['warmup'], 0)} left out as warm-up): RSS "
+        f"{s['rss_first_steady_mib']:.1f} -> {s['rss_last_mib']:.1f} MiB, slope "
+        f"{s['rss_slope_mib_per_10k_queries']:+.3f} MiB per 10,000 queries ({s['rss_slope_mib_per_min']:+.3f} MiB "
+        f"per minute); write-back queue at most {fnum(s['max_queued'])} of 64; Redis at most "
+        f"{s['max_redis_used_mib']:.0f} MiB. {fnum(s['remote_hits'])} segments came from Redis, "
+        f"{fnum(s['remote_errors'])} remote errors, {fnum(s['store']['dropped_writes'])} writes dropped.")
+    return out
+
+
 SOAK_EVERY = 5
 
 
@@ -740,6 +784,8 @@ SECTIONS: Dict[str, Callable[[str, dict], List[str]]] = {
     "bench_real_ttft": sec_real_ttft,
     "bench_vllm": sec_vllm,
     "bench_rerank": sec_rerank,
+    "bench_remote": sec_remote,
+    "bench_remote_soak": sec_remote_soak,
     "bench_exactness": sec_exactness,
     "bench_soak": sec_soak,
 }
