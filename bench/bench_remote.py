@@ -10,10 +10,11 @@ One throwaway redis-server on this machine (hyperrag.testing.redis_server).
   system, median over passes (each pass starts from an empty Redis and fresh
   memory).
 - Bandwidth: RedisKVStore put/get of payloads of each size (write-through,
-  one at a time, as the serving path does) against redis-benchmark's SET/GET
-  of values of the same size on the same server.
+  one at a time, as the serving path does) against the bare redis-py client
+  it runs on and redis-benchmark's SET/GET (C), values of the same size on
+  the same server.
 
-    python bench/bench_remote.py [--queries 30] [--passes 3] [--sizes-mib 1,8]
+    python bench/bench_remote.py [--queries 30] [--passes 3] [--sizes-mib 1,8,64]
 """
 from __future__ import annotations
 
@@ -94,6 +95,23 @@ def store_bandwidth(url: str, size: int, count: int) -> dict:
     return {"set_gbps": size * count / set_s / 1e9, "get_gbps": size * count / get_s / 1e9}
 
 
+def redis_py(url: str, size: int, count: int) -> dict:
+    """redis-py's own SET/GET of ``size``-byte values: the client HyperRAG runs on, without blobs."""
+    import redis
+
+    client = redis.Redis.from_url(url)
+    values = [np.random.default_rng(i).integers(0, 256, size, dtype=np.uint8).tobytes() for i in range(count)]
+    start = time.perf_counter()
+    for i, v in enumerate(values):
+        client.set(f"raw{i}", v)
+    set_s = time.perf_counter() - start
+    start = time.perf_counter()
+    for i in range(count):
+        client.get(f"raw{i}")
+    get_s = time.perf_counter() - start
+    return {"set_gbps": size * count / set_s / 1e9, "get_gbps": size * count / get_s / 1e9}
+
+
 def redis_benchmark(port: int, size: int, count: int) -> dict:
     """redis-benchmark SET/GET of ``size``-byte values, one client, no pipelining."""
     out = subprocess.run(["redis-benchmark", "-p", str(port), "-t", "set,get", "-n", str(count), "-c", "1",
@@ -107,7 +125,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--queries", type=int, default=30)
     ap.add_argument("--passes", type=int, default=3)
-    ap.add_argument("--sizes-mib", default="1,8")
+    ap.add_argument("--sizes-mib", default="1,8,64", help="64 MiB takes the chunked path (chunks of 32 MiB)")
     ap.add_argument("--count", type=int, default=40, help="payloads per size for the bandwidth runs")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
@@ -139,10 +157,12 @@ def main():
                 server.client().flushall()
                 ours = store_bandwidth(server.url, size, args.count)
                 server.client().flushall()
+                client = redis_py(server.url, size, args.count)
+                server.client().flushall()
                 theirs = redis_benchmark(server.port, size, args.count)
-                bandwidth[f"{mib:g}"] = {"hyperrag": ours, "redis_benchmark": theirs}
-                rows.append({"section": "bandwidth", "mib": mib, **{f"hyperrag_{k}": v for k, v in ours.items()},
-                             **{f"redis_benchmark_{k}": v for k, v in theirs.items()}})
+                bandwidth[f"{mib:g}"] = {"hyperrag": ours, "redis_py": client, "redis_benchmark": theirs}
+                rows.append({"section": "bandwidth", "mib": mib,
+                             **{f"{who}_{k}": v for who, r in bandwidth[f"{mib:g}"].items() for k, v in r.items()}})
                 print(f"  bandwidth {mib:g} MiB done", flush=True)
         finally:
             server.stop()
@@ -163,7 +183,8 @@ def main():
                   [{"size": f"{k} MiB", **{f"{who}_{op}": v[who][f"{op}_gbps"] for who in v for op in ("set", "get")}}
                    for k, v in bandwidth.items()],
                   (("value size", "size", "s"), ("HyperRAG set", "hyperrag_set", ".2f"),
-                   ("redis-benchmark set", "redis_benchmark_set", ".2f"), ("HyperRAG get", "hyperrag_get", ".2f"),
+                   ("redis-py set", "redis_py_set", ".2f"), ("redis-benchmark set", "redis_benchmark_set", ".2f"),
+                   ("HyperRAG get", "hyperrag_get", ".2f"), ("redis-py get", "redis_py_get", ".2f"),
                    ("redis-benchmark get", "redis_benchmark_get", ".2f")))
     path = B.write_json("bench_remote", rows, vars(args), summary=summary, engine="transformers")
     print("wrote", path)

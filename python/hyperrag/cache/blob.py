@@ -34,15 +34,12 @@ def _digest(key: bytes, payload) -> int:
     return zlib.crc32(payload, zlib.crc32(key))
 
 
-def encode(key: str, payload) -> bytearray:
-    """The blob of ``payload`` (any contiguous buffer) stored under ``key``."""
+def encode(key: str, payload) -> bytes:
+    """The blob of ``payload`` (any contiguous buffer) stored under ``key``. bytes, built
+    with one copy of the payload (redis-py copies any other buffer type once more)."""
     k = key.encode("utf-8")
     data = memoryview(payload).cast("B")
-    out = bytearray(_HEADER.size + len(k) + data.nbytes)  # one copy of the payload, not three
-    _HEADER.pack_into(out, 0, MAGIC, VERSION, 0, len(k), data.nbytes, _digest(k, data))
-    out[_HEADER.size:_HEADER.size + len(k)] = k
-    out[_HEADER.size + len(k):] = data
-    return out
+    return b"".join((_HEADER.pack(MAGIC, VERSION, 0, len(k), data.nbytes, _digest(k, data)), k, data))
 
 
 def decode(blob: bytes, key: str) -> np.ndarray:

@@ -8,9 +8,11 @@ content path), so a SegmentStore uses either as its shared layer.
   disk_store.path_key). Python's salted hash() is never used.
 - A value is one checksummed blob (hyperrag.cache.blob: magic, version,
   identity, length, checksum, payload), so bytes and metadata cannot
-  disagree. A blob larger than ``chunk_bytes`` is stored as chunks plus a
-  manifest written last; a reader that finds a chunk missing (evicted) or the
-  reassembled blob failing its checksum gets a miss, never wrong bytes.
+  disagree. A blob larger than ``chunk_bytes`` (32 MiB: one document of a
+  small model fits one value, which reads in one round trip) is stored as
+  chunks plus a manifest written last; a reader that finds a chunk missing
+  (evicted) or the reassembled blob failing its checksum gets a miss, never
+  wrong bytes.
 - Every call has a socket timeout. After a failure the store stops calling
   Redis for a back-off period (doubling up to ``max_backoff_s``), so a dead
   server costs one timeout, not one per query; the next call after the
@@ -69,7 +71,7 @@ class RedisKVStore:
     """Payloads by (namespace, path of keys) in one Redis server (or a cluster's client)."""
 
     def __init__(self, url: str = "redis://127.0.0.1:6379/0", *, timeout_s: float = 0.5,
-                 chunk_bytes: int = 8 << 20, prefix: str = "hyperrag:kv", write: str = "back",
+                 chunk_bytes: int = 32 << 20, prefix: str = "hyperrag:kv", write: str = "back",
                  queue_size: int = 64, max_backoff_s: float = 5.0, client=None):
         if not isinstance(url, str) or "://" not in url:
             raise ValueError(f"url must be a redis URL such as 'redis://127.0.0.1:6379/0', got {url!r}")
