@@ -1,6 +1,6 @@
 """RedisKVStore: node payloads in Redis, shared by every process that talks to the server.
 
-Same contract as DiskKVStore (contains / get / put / remove by namespace and
+Same contract as DiskKVStore (contains / get / get_many / put by namespace and
 content path), so a SegmentStore uses either as its shared layer.
 
 - Keys are deterministic across processes and machines: a prefix, the layout
@@ -160,10 +160,6 @@ class RedisKVStore:
             return False
         return True
 
-    def remove(self, namespace: str, keys: Sequence[str]) -> None:
-        key = self.key(namespace, keys)
-        self._call(lambda: self.client.delete(key, *[f"{key}:{i}" for i in range(self._chunks_of(key))]))
-
     def flush(self, timeout_s: float = 10.0) -> bool:
         """Wait until queued writes are done (write-back); False if they are not within the timeout."""
         deadline = time.monotonic() + timeout_s
@@ -199,10 +195,6 @@ class RedisKVStore:
             pipe.set(key, _MANIFEST + str(count).encode())
         self._call(pipe.execute)
         self._count(puts=len(items), bytes_written=sum(len(v) for _, v in items))
-
-    def _chunks_of(self, key: str) -> int:
-        value = self._call(lambda: self.client.get(key))
-        return int(value[len(_MANIFEST):]) if value is not None and value.startswith(_MANIFEST) else 0
 
     def _drain(self) -> None:
         while True:

@@ -220,11 +220,12 @@ class SegmentStore:
             self._stats.saved_segments += len(created)
             self._stats.saved_bytes += sum(sizes[j] for j in created)
         for layer, store in self.shared.items():
+            same_codec = self.codecs[layer].name == self.codecs["memory"].name
             for j in range(have, end):
-                blob = self._recode(raw[j], "raw", layer)
-                try:
+                try:  # encoded once per codec: a layer with the memory codec takes the memory payload
+                    blob = payloads[j] if same_codec else self._recode(raw[j], "raw", layer)
                     written = store.put(self._shared_namespace(layer, namespace), keys[:j + 1], blob)
-                except StorageError:  # the shared copy is lost; the memory copy serves this process
+                except (StorageError, CodecError):  # the shared copy is lost; the memory copy serves this process
                     self._failed()
                     continue
                 if written and layer == "disk":

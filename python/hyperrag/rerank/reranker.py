@@ -36,6 +36,7 @@ from ..cache.kv_cache import StorageError
 from ..cache.kv_codec import CodecError, KVShape
 from ..cache.segment_store import SegmentStore
 from ..cache.tree import UnknownNodeError
+from ..engines.hf_models import cache_argument, dynamic_cache, load_causal_lm
 from .rerank_format import LAYOUTS, RerankFormat
 
 INSTRUCTION_SEGMENT = "<rerank-instruction>"
@@ -106,8 +107,6 @@ class KVReuseReranker:
                  yes_token_id: Optional[int] = None, no_token_id: Optional[int] = None, max_batch: int = 16,
                  scoring: str = "yes_no", device: str = "cpu"):
         import torch
-
-        from ..engines.hf_models import cache_argument, load_causal_lm
 
         if layout not in LAYOUTS:
             raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
@@ -192,7 +191,7 @@ class KVReuseReranker:
         evicted from memory again; the directory keeps them all."""
         if not self.reuse:
             raise ValueError("index() needs a reranker with layout='document_first' and reuse=True")
-        _, docs = self._validate("index", doc_ids, doc_texts)
+        docs = self._documents(doc_ids, doc_texts, len(self._tokens("instruction", "")))
         start = time.perf_counter()
         rid = f"index-{next(self._requests)}"
         computed, cached, failed, stored = 0, 0, [], 0
@@ -203,9 +202,8 @@ class KVReuseReranker:
             for lo in range(0, len(docs), self.max_batch):
                 batch = range(lo, min(lo + self.max_batch, len(docs)))
                 todo = []
-                for i in batch:
-                    held = self.store.acquire(f"{rid}/{i}", self.namespace, self._keys(doc_ids[i], docs[i]),
-                                              [int(instruction.shape[3]), len(docs[i])])
+                for i in batch:  # held per batch (released below), so a corpus larger than memory can cycle
+                    held = self.store.acquire(f"{rid}/batch", self.namespace, *self._path(doc_ids[i], docs[i]))
                     if len(held) == 2:
                         cached += 1
                         stored += self.store.cache.node(held[1]).nbytes
@@ -221,14 +219,12 @@ class KVReuseReranker:
                         else:
                             failed.append(doc_ids[i])
                     computed += len(todo)
-                for i in batch:
-                    self.store.release(f"{rid}/{i}")
+                self.store.release(f"{rid}/batch")
                 bar.update(len(batch))
         finally:
             bar.close()
             self.store.release(rid)
-            for i in range(len(docs)):
-                self.store.release(f"{rid}/{i}")
+            self.store.release(f"{rid}/batch")
         return IndexReport(documents=len(docs), computed=computed, already_cached=cached,
                            raw_bytes=sum(map(len, docs)) * self.shape.token_bytes(), stored_bytes=stored,
                            disk_bytes=self.store.stats().saved_disk_bytes - disk_before,
@@ -247,7 +243,7 @@ class KVReuseReranker:
             instruction = self._instruction(rid)
             hits, misses = [], []
             for i, (doc_id, doc) in enumerate(zip(doc_ids, docs)):
-                kv = self._stored(f"{rid}/{i}", doc_id, doc)
+                kv = self._stored(rid, doc_id, doc)
                 (hits if kv is not None else misses).append((i, kv))
             if misses:
                 rows = [_Row(past=[instruction], new=docs[i] + tail, extract=(0, len(docs[i]))) for i, _ in misses]
@@ -259,19 +255,18 @@ class KVReuseReranker:
                 hit_scores, _ = self._batched([_Row(past=[instruction, kv], new=tail) for _, kv in hits], scored)
                 scores[[i for i, _ in hits]] = hit_scores
         finally:
-            self.store.release(rid)
-            for i in range(len(docs)):
-                self.store.release(f"{rid}/{i}")
+            self.store.release(rid)  # every node this call held: the instruction and the documents
         self._count(len(docs), reused=len(hits), computed=len(misses))
         return scores
 
-    def _keys(self, doc_id: str, doc: List[int]) -> List[str]:
-        return [self._instruction_key, document_key(doc_id, token_fingerprint(doc))]
+    def _path(self, doc_id: str, doc: List[int]) -> Tuple[List[str], List[int]]:
+        """Keys and token counts of a document's node path: [instruction, document]."""
+        return ([self._instruction_key, document_key(doc_id, token_fingerprint(doc))],
+                [len(self._tokens("instruction", "")), len(doc)])
 
     def _stored(self, request_id: str, doc_id: str, doc: List[int]):
         """The document's stored KV (held for the request), or None when it must be computed."""
-        instruction = self._tokens("instruction", "")
-        held = self.store.acquire(request_id, self.namespace, self._keys(doc_id, doc), [len(instruction), len(doc)])
+        held = self.store.acquire(request_id, self.namespace, *self._path(doc_id, doc))
         if len(held) < 2:
             return None
         try:
@@ -302,8 +297,7 @@ class KVReuseReranker:
     def _save(self, doc_id: str, doc: List[int], kv) -> int:
         """Store a document's KV below the instruction; the bytes its node takes in memory
         (0 when it could not be stored: no room, an I/O error)."""
-        keys = self._keys(doc_id, doc)
-        tokens = [len(self._tokens("instruction", "")), len(doc)]
+        keys, tokens = self._path(doc_id, doc)
         self.store.save(self.namespace, keys, tokens, {1: self._payload(kv)})
         path = self.store.cache.peek(self.namespace, keys).node_ids  # stored now, or by another thread first
         return int(self.store.cache.node(path[1]).nbytes) if len(path) == 2 else 0
@@ -324,8 +318,6 @@ class KVReuseReranker:
 
     def _forward(self, rows: List[_Row], scored: Tuple[int, int]):
         torch = self.torch
-        from ..engines.hf_models import dynamic_cache
-
         b = len(rows)
         past = [r.past_tokens for r in rows]
         new = [len(r.new) for r in rows]
@@ -396,6 +388,11 @@ class KVReuseReranker:
         """Token ids of the query tail and of each document; ValueError before any state changes."""
         if not isinstance(query, str) or not query.strip():
             raise ValueError(f"query must be a non-empty str, got {query!r}")
+        tail = self._tokens("question", query) + self._tokens("judge", "")
+        return tail, self._documents(doc_ids, doc_texts, len(self._tokens("instruction", "")) + len(tail))
+
+    def _documents(self, doc_ids, doc_texts, fixed: int) -> List[List[int]]:
+        """Token ids of each document, checked to fit the window beside ``fixed`` other tokens."""
         for name, values in (("doc_ids", doc_ids), ("doc_texts", doc_texts)):
             if isinstance(values, (str, bytes)) or not isinstance(values, Sequence):
                 raise ValueError(f"{name} must be a sequence of str, got {type(values).__name__}")
@@ -407,14 +404,12 @@ class KVReuseReranker:
                     raise ValueError(f"{name}[{i}] must be a non-empty str, got {value!r}")
         if len(set(doc_ids)) != len(doc_ids):
             raise ValueError("doc_ids must be unique within one call")
-        tail = self._tokens("question", query) + self._tokens("judge", "")
         docs = [self._tokens("document", text) for text in doc_texts]
-        fixed = len(self._tokens("instruction", "")) + len(tail)
         for doc_id, doc in zip(doc_ids, docs):
             if fixed + len(doc) > self.max_positions:
                 raise ValueError(f"document {doc_id!r} has {len(doc)} tokens; with the instruction and the query "
                                  f"({fixed} tokens) it exceeds the model's window of {self.max_positions}")
-        return tail, docs
+        return docs
 
     def _tokenize(self, part: str, text: str) -> List[int]:
         template = getattr(self.format, part)
