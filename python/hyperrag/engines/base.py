@@ -15,6 +15,7 @@ from typing import Callable, Optional, Sequence, Tuple
 import numpy as np
 
 from hyperrag.cache.identity import document_key
+from hyperrag.engines.approximate_reuse import ApproximateReuse
 
 # The segment name of the system prompt, for engines that cache it as the first
 # segment of every prompt (a tree node like any document; never a caller's id).
@@ -90,11 +91,18 @@ def check_window(prompt: Prompt, output_tokens: int, max_context: Optional[int])
 
 @dataclass
 class PrefillRequest:
-    """One prefill of ``prompt``: the KV of its first len(cached) segments is given."""
+    """One prefill of ``prompt``: the KV of its first len(cached) segments is given.
+
+    With ``reuse`` (engines with ``approximates``), ``cached`` holds position-independent
+    forms (hyperrag.engines.approximate_reuse) of the segments ``cached_segments``, any
+    subset in prompt order; new_kv then holds the forms of the other segments.
+    """
 
     namespace: str                  # engine.namespace(...): where these segments' KV is valid
     prompt: Prompt
     cached: Sequence[DocumentKV] = ()          # KV of prompt.segment_ids[:len(cached)], in order
+    reuse: Optional[ApproximateReuse] = None   # None: exact reuse of a cached prefix
+    cached_segments: Optional[Sequence[int]] = None  # with reuse: the segment index of each cached entry
     # Checked between forward passes by engines that can stop early: True raises PrefillCancelled.
     cancelled: Optional[Callable[[], bool]] = None
     top_logits: int = 0             # also return the first token's k highest logits
@@ -114,6 +122,7 @@ class PrefillResult:
     load_seconds: float = 0.0               # part of `seconds` spent turning cached payloads into model KV
     top_logits: list = field(default_factory=list)  # [(token id, logit)] highest first, when asked
     extract_seconds: float = 0.0            # after the first token (and decode): copying out the new KV
+    recomputed_tokens: int = 0              # approximate reuse: cached tokens computed again in context
 
 
 @dataclass
@@ -129,7 +138,8 @@ class Engine(ABC):
     Capabilities the controller relies on are declared here, not probed:
     ``accounts_only`` (KV is bytes on paper; no payloads), ``preemptible`` (a
     running prefill can be stopped part-way), ``decodes`` (``generate`` works),
-    ``tokenizes`` (``count_tokens`` works and prompts carry token ids).
+    ``tokenizes`` (``count_tokens`` works and prompts carry token ids), ``approximates``
+    (requests with ``reuse``: documents reused away from their exact path).
     """
 
     name: str = "engine"
@@ -138,6 +148,7 @@ class Engine(ABC):
     preemptible: bool = False
     decodes: bool = False
     tokenizes: bool = False
+    approximates: bool = False
 
     @abstractmethod
     def namespace(self, system_prompt: str = "") -> str:
@@ -159,7 +170,8 @@ class Engine(ABC):
 
     @abstractmethod
     def prefill(self, request: PrefillRequest) -> PrefillResult:
-        """Compute KV for the missing segments and the question; return timing and new KV."""
+        """Compute KV for the missing segments and the question; return timing and new KV
+        (of segments [len(cached):], or with ``reuse`` of those not in cached_segments)."""
 
     def check_window(self, prompt: Prompt, output_tokens: int) -> None:
         """ValueError when the prompt plus ``output_tokens`` exceeds ``max_context``."""

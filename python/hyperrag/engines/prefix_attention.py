@@ -16,6 +16,8 @@ call, the cheaper exact form:
   inside SDPA (no repeated KV). The N x (P+N) rectangle is then cheaper than
   the (P+N)^2 / 2 of recomputing.
 - one query (decode) or no cache: plain SDPA.
+- a caller's explicit 4D mask (approximate reuse's scattered positions): SDPA
+  with that mask, grouped-query attention inside the kernel.
 
 Register once (import side effect) under ATTENTION_NAME; a model opts in with
 ``model.set_attn_implementation(ATTENTION_NAME)``. Thread-safe: pure function.
@@ -34,7 +36,11 @@ def prefix_causal_attention(module, query, key, value, attention_mask, dropout=0
     total = key.shape[2]
     past = total - new
     gqa = heads != key.shape[1]
-    if new == 1 or past == 0:
+    if attention_mask is not None:
+        out = F.scaled_dot_product_attention(
+            query, key, value, attn_mask=attention_mask, dropout_p=dropout, scale=scaling, enable_gqa=gqa
+        )
+    elif new == 1 or past == 0:
         out = F.scaled_dot_product_attention(
             query, key, value, dropout_p=dropout, is_causal=new > 1, scale=scaling, enable_gqa=gqa
         )
@@ -52,7 +58,8 @@ def prefix_causal_attention(module, query, key, value, attention_mask, dropout=0
 
 
 def _no_mask(*args, **kwargs):
-    # Causality is handled inside prefix_causal_attention from the shapes alone.
+    # Causality is handled inside prefix_causal_attention from the shapes alone (a
+    # caller's 4D mask bypasses this builder and reaches the function as is).
     return None
 
 

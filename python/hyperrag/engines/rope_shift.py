@@ -57,16 +57,22 @@ def shift_keys(model, kv, from_offset: int, to_offset: int):
     for name, value in (("from_offset", from_offset), ("to_offset", to_offset)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 0:
             raise ValueError(f"{name} must be an int >= 0 (a position), got {value!r}")
-    rotary = rotary_embedding(model)
-    tokens, head_dim = kv.shape[-2], kv.shape[-1]
-    steps = torch.arange(tokens)
-    cos_a, sin_a = _rotation(rotary, from_offset + steps, head_dim, kv.device)
-    cos_b, sin_b = _rotation(rotary, to_offset + steps, head_dim, kv.device)
-    keys = kv[:, 0].double()
-    unrotated = keys * cos_a - _rotate_half(keys) * sin_a  # R(-a): the transpose of R(a)
+    steps = torch.arange(kv.shape[-2])
     out = kv.clone()
-    out[:, 0] = (unrotated * cos_b + _rotate_half(unrotated) * sin_b).to(kv.dtype)
+    out[:, 0] = rerotate_keys(model, kv[:, 0], from_offset + steps, to_offset + steps)
     return out
+
+
+def rerotate_keys(model, keys, from_positions, to_positions):
+    """Keys [..., tokens, head_dim] rotated for ``from_positions`` (one per token), rotated
+    for ``to_positions`` instead; a new tensor in keys' dtype (see shift_keys)."""
+    rotary = rotary_embedding(model)
+    head_dim = keys.shape[-1]
+    cos_a, sin_a = _rotation(rotary, from_positions, head_dim, keys.device)
+    cos_b, sin_b = _rotation(rotary, to_positions, head_dim, keys.device)
+    wide = keys.double()
+    unrotated = wide * cos_a - _rotate_half(wide) * sin_a  # R(-a): the transpose of R(a)
+    return (unrotated * cos_b + _rotate_half(unrotated) * sin_b).to(keys.dtype)
 
 
 def _rotate_half(x):

@@ -33,6 +33,7 @@ from typing import Optional, Sequence
 import numpy as np
 
 from ..cache.identity import model_namespace
+from . import approximate_reuse
 from .base import DocumentKV, Engine, GenerateResult, PrefillCancelled, PrefillRequest, PrefillResult, Prompt
 from .hf_models import cache_argument, dynamic_cache
 from .prompt_builder import DEFAULT_SYSTEM_PROMPT, PromptBuilder, PromptFormat
@@ -55,6 +56,7 @@ class TransformersEngine(Engine):
     name = "transformers"
     decodes = True
     tokenizes = True
+    approximates = True
 
     def __init__(
         self,
@@ -155,19 +157,15 @@ class TransformersEngine(Engine):
         chunked = self.chunked if chunked is None else chunked
         prompt = self._validate(request, max_new_tokens)
         torch = self.torch
-        m = len(request.cached)
-        missing = list(prompt.token_ids[m:])
-        question = list(prompt.question_ids)
-        chunks = [*missing, question] if chunked else [[t for part in missing for t in part] + question]
+        recomputed = 0
         with self._lock, torch.inference_mode():
             start = time.perf_counter()
-            cache = self._assemble(request.cached)
-            load_seconds = time.perf_counter() - start
-            for chunk in chunks:
-                self._check_cancelled(request)
-                input_ids = torch.tensor([chunk], dtype=torch.long, device=self.device)
-                out = self.model(input_ids=input_ids, use_cache=True, logits_to_keep=1, **{self._cache_arg: cache})
-            logits = out.logits[0, -1].float()
+            if request.reuse is None:
+                cache, logits, load_seconds, pending = self._prefill_exact(request, prompt, chunked)
+            else:
+                cache, logits, load_seconds, forms, recomputed = approximate_reuse.prefill(
+                    self, request, prompt, request.reuse)
+                pending = [lambda seg=seg, form=form: self._document(seg, form()) for seg, form in forms]
             first = int(torch.argmax(logits))
             seconds = time.perf_counter() - start
             top = []
@@ -185,16 +183,34 @@ class TransformersEngine(Engine):
                 tokens.append(next_id)
             decode_seconds = time.perf_counter() - decode_start
             extract_start = time.perf_counter()
-            offset = sum(prompt.segment_tokens[:m])
-            new_kv = []
-            for seg_id, n in zip(prompt.segment_ids[m:], prompt.segment_tokens[m:]):
-                new_kv.append(self._extract(cache, seg_id, offset, n))
-                offset += n
+            new_kv = [extract() for extract in pending]
             extract_seconds = time.perf_counter() - extract_start
-        result = PrefillResult(seconds=seconds, new_kv=new_kv, question_tokens=len(question), first_token_id=first,
-                               logits=logits.cpu().numpy(), load_seconds=load_seconds, top_logits=top,
-                               extract_seconds=extract_seconds)
+        result = PrefillResult(seconds=seconds, new_kv=new_kv, question_tokens=len(prompt.question_ids),
+                               first_token_id=first, logits=logits.cpu().numpy(), load_seconds=load_seconds,
+                               top_logits=top, extract_seconds=extract_seconds, recomputed_tokens=recomputed)
         return GenerateResult(prefill=result, token_ids=tokens, decode_seconds=decode_seconds)
+
+    def _prefill_exact(self, request: PrefillRequest, prompt: Prompt, chunked: bool):
+        """The cached prefix, then what is missing and the question (see the module docstring).
+        Returns (cache, first-token logits, load seconds, extractors of the new segments' KV)."""
+        torch = self.torch
+        m = len(request.cached)
+        missing = list(prompt.token_ids[m:])
+        question = list(prompt.question_ids)
+        chunks = [*missing, question] if chunked else [[t for part in missing for t in part] + question]
+        start = time.perf_counter()
+        cache = self._assemble(request.cached)
+        load_seconds = time.perf_counter() - start
+        for chunk in chunks:
+            self._check_cancelled(request)
+            input_ids = torch.tensor([chunk], dtype=torch.long, device=self.device)
+            out = self.model(input_ids=input_ids, use_cache=True, logits_to_keep=1, **{self._cache_arg: cache})
+        spans = []
+        offset = sum(prompt.segment_tokens[:m])
+        for seg_id, n in zip(prompt.segment_ids[m:], prompt.segment_tokens[m:]):
+            spans.append(lambda seg_id=seg_id, offset=offset, n=n: self._extract(cache, seg_id, offset, n))
+            offset += n
+        return cache, out.logits[0, -1].float(), load_seconds, spans
 
     @staticmethod
     def _check_cancelled(request: PrefillRequest) -> None:
@@ -213,8 +229,9 @@ class TransformersEngine(Engine):
         if len(request.cached) > len(prompt.segment_ids):
             raise ValueError(f"cached has {len(request.cached)} entries but the prompt has only "
                              f"{len(prompt.segment_ids)} segments")
-        for i, kv in enumerate(request.cached):
-            self._check_cached(i, kv, prompt.segment_ids[i], prompt.segment_tokens[i])
+        segments = self._cached_segments(request)
+        for j, (i, kv) in enumerate(zip(segments, request.cached)):
+            self._check_cached(j, kv, i, prompt.segment_ids[i], prompt.segment_tokens[i])
         if prompt.tokens + max_new_tokens - 1 > self.max_positions:  # the last token is sampled, never fed back
             raise ValueError(
                 f"prompt of {prompt.tokens} tokens (segments {list(prompt.segment_tokens)}, question "
@@ -222,9 +239,32 @@ class TransformersEngine(Engine):
                 f"max_position_embeddings={self.max_positions}")
         return prompt
 
-    def _check_cached(self, i: int, kv: DocumentKV, segment_id: str, tokens: int) -> None:
+    def _cached_segments(self, request: PrefillRequest) -> list:
+        """The segment index of each cached entry: a prefix for exact reuse, any increasing
+        subset with approximate reuse."""
+        n, given = len(request.cached), request.cached_segments
+        if request.reuse is None:
+            if given is not None and list(given) != list(range(n)):
+                raise ValueError(f"cached_segments {list(given)} is not the prefix 0..{n - 1}: scattered segments "
+                                 "need reuse=ApproximateReuse(...)")
+            return list(range(n))
+        if not isinstance(request.reuse, approximate_reuse.ApproximateReuse):
+            raise ValueError(f"reuse must be an ApproximateReuse or None, got {type(request.reuse).__name__}")
+        request.reuse.check(self.num_layers)
+        given = list(range(n)) if given is None else list(given)
+        segments = len(request.prompt.segment_ids)
+        if len(given) != n or any(isinstance(i, bool) or not isinstance(i, int) for i in given) or \
+                any(not 0 <= i < segments for i in given) or sorted(set(given)) != given:
+            raise ValueError(f"cached_segments must be {n} increasing segment indices in 0..{segments - 1} "
+                             f"(one per cached entry), got {given}")
+        if request.prompt.fixed and given and given[0] != 0:
+            raise ValueError("position-independent document KV is relative to the system prompt: with cached "
+                             "documents, cached_segments must start with 0 (the system prompt)")
+        return given
+
+    def _check_cached(self, i: int, kv: DocumentKV, segment: int, segment_id: str, tokens: int) -> None:
         if kv.doc_id != segment_id:
-            raise ValueError(f"cached[{i}].doc_id is {kv.doc_id!r} but segment {i} is {segment_id!r}")
+            raise ValueError(f"cached[{i}].doc_id is {kv.doc_id!r} but segment {segment} is {segment_id!r}")
         if kv.tokens != tokens:
             raise ValueError(f"cached[{i}].tokens is {kv.tokens} but segment {segment_id!r} has {tokens} tokens")
         payload = kv.payload
@@ -258,6 +298,11 @@ class TransformersEngine(Engine):
         layers = [(torch.cat([p[layer, 0].unsqueeze(0) for p in parts], dim=2),
                    torch.cat([p[layer, 1].unsqueeze(0) for p in parts], dim=2)) for layer in range(self.num_layers)]
         return dynamic_cache(self.model, layers)
+
+    def _document(self, segment_id: str, kv) -> DocumentKV:
+        """A payload of a [layers, 2, kv_heads, tokens, head_dim] tensor (copied to host memory)."""
+        payload = kv.to("cpu", copy=True).contiguous().view(-1).view(self.torch.uint8).numpy()
+        return DocumentKV(doc_id=segment_id, tokens=int(kv.shape[3]), nbytes=payload.nbytes, payload=payload)
 
     def _extract(self, cache, segment_id: str, start: int, tokens: int) -> DocumentKV:
         """Copy one segment's span of every layer into a fresh payload."""
