@@ -37,6 +37,8 @@ def build_controller(config, schedule, engine: str = "simulated", *, stage_secon
     ``host_bytes`` (override the budgets; 0 means no such tier),
     ``storage_scale``, ``block_bytes``, ``remote`` (a shared tier: a
     RedisKVStore, a DiskKVStore or a redis:// URL; real engines only),
+    ``reuse`` ("exact" | "approximate", with ``recompute_policy`` and
+    ``recompute_budget``: see RAGServeController; transformers engine only),
     ``metrics_port`` (serve Prometheus metrics on this port: the server is
     ``controller.metrics_server``); the transformers engine also takes
     ``model_path`` (a local Hugging Face directory or "smollm2"),
@@ -73,7 +75,8 @@ def build_controller(config, schedule, engine: str = "simulated", *, stage_secon
 
 def _controller_options(kwargs: dict) -> dict:
     return {k: kwargs.pop(k) for k in ("reorder", "speculative", "speculative_pool", "starvation_window_s",
-                                       "doc_order", "admission", "system_prompt", "remote") if k in kwargs}
+                                       "doc_order", "admission", "system_prompt", "remote", "reuse", "recompute_policy",
+                                       "recompute_budget") if k in kwargs}
 
 
 def _budget(kwargs: dict, name: str, default_bytes: float) -> int:

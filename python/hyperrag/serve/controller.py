@@ -19,6 +19,7 @@ from __future__ import annotations
 import time
 from typing import Iterable, List, Mapping, Optional, Sequence
 
+from hyperrag.engines.approximate_reuse import REUSE_MODES, ApproximateReuse
 from hyperrag.engines.base import Engine, Prompt
 from hyperrag.serve.metrics import ControllerMetrics, MetricsRecorder
 from hyperrag.serve.pipeline import PipelineTiming
@@ -44,7 +45,12 @@ class RAGServeController:
     ``doc_order``: "retrieval" prompts documents in the retriever's order;
     "cache_aware" in the order whose cached prefix is longest (single-hop
     queries). ``admission``: which new segments get a cache node ("all", or
-    "reused_prefix": see transactions.py). Documents are cached under their id
+    "reused_prefix": see transactions.py). ``reuse``: "exact" reuses a cached
+    prefix of the prompt only (outputs equal a full prefill); "approximate"
+    reuses every document that has a stored form wherever the prompt puts it,
+    recomputing ``recompute_budget`` of the re-positioned tokens chosen by
+    ``recompute_policy`` (hyperrag.engines.approximate_reuse: faster, outputs
+    may differ; measure it on your model). Documents are cached under their id
     plus a fingerprint of their content, so a document re-sent with changed
     content is recomputed and its old KV dropped. Safe to call from many threads
     (see the module docstring).
@@ -54,7 +60,8 @@ class RAGServeController:
                  reorder: bool = True, starvation_window_s: float = 1.0,
                  speculative: bool = True, speculative_pool: int = 4,
                  insert_tier: str = "gpu", system_prompt: str = "", default_output_tokens: int = 0,
-                 doc_order: str = "retrieval", admission: str = "all", remote=None, config=None, schedule=None):
+                 doc_order: str = "retrieval", admission: str = "all", remote=None, reuse: str = "exact",
+                 recompute_policy: str = "deviation", recompute_budget: float = 0.3, config=None, schedule=None):
         if not isinstance(engine, Engine):
             raise TypeError(f"engine must be a hyperrag Engine, got {type(engine).__name__}")
         if isinstance(starvation_window_s, bool) or not isinstance(starvation_window_s, (int, float)) \
@@ -69,6 +76,12 @@ class RAGServeController:
             raise ValueError(f"doc_order {doc_order!r} is unknown; allowed: {', '.join(DOC_ORDERS)}")
         if admission not in ADMISSIONS:
             raise ValueError(f"admission {admission!r} is unknown; allowed: {', '.join(ADMISSIONS)}")
+        if reuse not in REUSE_MODES:
+            raise ValueError(f"reuse {reuse!r} is unknown; allowed: {', '.join(REUSE_MODES)}")
+        approximate = ApproximateReuse(recompute_policy, recompute_budget) if reuse == "approximate" else None
+        if approximate is not None and getattr(engine, "num_layers", None):
+            approximate.check(engine.num_layers)
+        self.reuse = reuse
         self.engine = engine
         self.cache = cache
         self.timing = timing or PipelineTiming()
@@ -82,7 +95,8 @@ class RAGServeController:
         self.config = config
         self.schedule = schedule
         self.recorder = MetricsRecorder()
-        self.transactions = CacheTransactions(cache, engine, insert_tier, self.recorder, admission, remote)
+        self.transactions = CacheTransactions(cache, engine, insert_tier, self.recorder, admission, remote,
+                                              approximate)
 
     # ----------------------------------------------------------------- public
     def process(self, query: Query) -> QueryResult:

@@ -154,6 +154,7 @@ class QueryResult:
     cached_tokens: int            # prompt tokens whose KV was reused (system prompt and documents)
     computed_tokens: int          # system prompt, document and question tokens prefilled
     question_tokens: int = 0      # the question's share of computed_tokens
+    recomputed_tokens: int = 0    # approximate reuse: reused tokens computed again in place (in computed_tokens)
     cache_hit: bool = False       # at least one document's KV was reused
     speculative: bool = False     # a speculative prefill was started for this query
     speculation_kept: bool = False  # ... and the final top-k agreed, so its work was used

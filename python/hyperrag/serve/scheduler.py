@@ -297,9 +297,11 @@ class Run:
             job.load_s = time.perf_counter() - t0
         q = job.qs.query
         n = len(job.prompt.segment_ids)
+        approximate = self.tx.approximate
         request = PrefillRequest(namespace=self.namespace(q), prompt=job.prompt, cached=cached_kv,
                                  cancelled=job.cancel.is_set if job.cancel is not None else None,
-                                 top_logits=q.top_logits)
+                                 top_logits=q.top_logits, reuse=approximate,
+                                 cached_segments=job.lookup.segments if approximate is not None else None)
         out_tokens = self.ctl.output_tokens(q)
         t0 = time.perf_counter()
         if self.engine.decodes and (job.decode_answer or not job.speculative) \
@@ -365,7 +367,9 @@ class Run:
         cached = lookup.matched_tokens
         new_doc = sum(job.prompt.segment_tokens) - cached
         r["cached"] = r.get("cached", 0) + cached
-        r["computed"] = r.get("computed", 0) + new_doc + int(res.question_tokens)
+        recomputed = int(res.recomputed_tokens)
+        r["computed"] = r.get("computed", 0) + new_doc + int(res.question_tokens) + recomputed
+        r["recomputed"] = r.get("recomputed", 0) + recomputed
         r["question"] = r.get("question", 0) + int(res.question_tokens)
         docs_hit = max(0, lookup.matched_docs - job.prompt.fixed)  # the system prompt is not a document
         r["matched_docs"] = r.get("matched_docs", 0) + docs_hit
@@ -405,6 +409,7 @@ class Run:
             cached_tokens=int(r["cached"]),
             computed_tokens=int(r["computed"]),
             question_tokens=int(r["question"]),
+            recomputed_tokens=int(r.get("recomputed", 0)),
             cache_hit=qs.cache_hit,
             speculative=qs.speculative,
             speculation_kept=qs.kept,

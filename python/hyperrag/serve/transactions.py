@@ -25,6 +25,13 @@ Admission ("what deserves a node"): "all" stores every new segment of a path;
 "reused_prefix" stores a new document only when it follows the system prompt
 directly or follows a segment this job reused, so a path grows by one document
 each time its prefix proves useful instead of storing every deep path once.
+
+Approximate reuse (``approximate``: an ApproximateReuse) looks each document up
+on its own, as the path [system, document]: the node that holds its
+position-independent form (hyperrag.engines.approximate_reuse), which is also
+the exact KV of a prompt whose first document it is. A job then holds the
+system node and every document node found, in prompt order but not
+necessarily a prefix, and stores a form for each document it computed.
 """
 from __future__ import annotations
 
@@ -33,6 +40,7 @@ from typing import Any, List, Optional, Protocol, Sequence, Tuple, runtime_check
 
 from hyperrag.cache import CapacityError, StorageError
 from hyperrag.cache.shared_tier import SharedKVStore, extend_path
+from hyperrag.engines.approximate_reuse import ApproximateReuse
 from hyperrag.engines.base import DocumentKV, Engine, Prompt
 from hyperrag.serve.popularity import DocumentPopularity
 
@@ -76,12 +84,22 @@ class CacheBackend(Protocol):
 
 @dataclass
 class Lookup:
-    """The locked cached prefix of a job's path: per matched document its node id,
-    fastest tier when matched and tokens."""
+    """The locked cached segments of a job's path: per matched segment its node id,
+    fastest tier when matched, tokens and index in the prompt (a prefix 0..m-1 for
+    exact reuse; any increasing subset for approximate reuse)."""
 
     node_ids: List[int] = field(default_factory=list)
     tiers: List[str] = field(default_factory=list)
     tokens: List[int] = field(default_factory=list)
+    segments: List[int] = field(default_factory=list)
+
+    def __post_init__(self):
+        if not self.segments:
+            self.segments = list(range(len(self.node_ids)))
+
+    def keep(self, entries: Sequence[int]) -> "Lookup":
+        """The lookup restricted to the given entry positions."""
+        return Lookup(*([xs[j] for j in entries] for xs in (self.node_ids, self.tiers, self.tokens, self.segments)))
 
     @property
     def matched_docs(self) -> int:
@@ -98,7 +116,12 @@ class CacheTransactions:
     configuration, so one instance serves every thread."""
 
     def __init__(self, cache: Optional[CacheBackend], engine: Engine, insert_tier: str, recorder,
-                 admission: str = "all", remote: Optional[SharedKVStore] = None):
+                 admission: str = "all", remote: Optional[SharedKVStore] = None,
+                 approximate: Optional[ApproximateReuse] = None):
+        if approximate is not None and not getattr(engine, "approximates", False):
+            raise ValueError(f"reuse='approximate' needs an engine that re-positions KV (the transformers engine); "
+                             f"engine {engine.name!r} reuses exact prefixes only: use reuse='exact'")
+        self.approximate = approximate
         if admission not in ADMISSIONS:
             raise ValueError(f"admission {admission!r} is unknown; allowed: {', '.join(ADMISSIONS)}")
         if remote is not None and not isinstance(remote, SharedKVStore):
@@ -148,6 +171,14 @@ class CacheTransactions:
         if self.cache is None:
             return prompt
         keys = list(prompt.keys)
+        if self.approximate is not None:  # documents with a stored form first: the rest is computed as one run
+            fixed = list(range(prompt.fixed))
+            stored = [self.cache.peek(namespace, [keys[i] for i in fixed + [i]]).matched_docs == len(fixed) + 1
+                      for i in range(len(keys))]
+            rest = [i for i in range(prompt.fixed, len(keys)) if not stored[i]]
+            ranked = self.popularity.ranked([prompt.segment_ids[i] for i in rest])
+            return prompt.select(fixed + [i for i in range(prompt.fixed, len(keys)) if stored[i]]
+                                 + [rest[i] for i in ranked])
         index = {k: i for i, k in enumerate(keys)}
         order = [index[k] for k in self.cache.best_order(namespace, keys, prompt.fixed)]
         cached = max(prompt.fixed, self.cache.peek(namespace, [keys[i] for i in order]).matched_docs)
@@ -156,15 +187,40 @@ class CacheTransactions:
         return prompt.select(head + [rest[i] for i in ranked])
 
     def lookup(self, namespace: str, prompt: Prompt) -> Lookup:
-        """Match and lock the cached prefix (one atomic cache call; counts one lookup)."""
+        """Match and lock the cached prefix (one atomic cache call; counts one lookup), or
+        with approximate reuse each document's form (one lookup per document)."""
         if self.cache is None:
             return Lookup()
+        if self.approximate is not None:
+            return self._lookup_forms(namespace, prompt)
+        return self._exact_lookup(namespace, prompt)
+
+    def _exact_lookup(self, namespace: str, prompt: Prompt) -> Lookup:
         keys, tokens = list(prompt.keys), [int(t) for t in prompt.segment_tokens]
         m = self.cache.match(namespace, keys, tokens, lock=True)
         lookup = Lookup(list(m.node_ids), list(m.tiers), [int(t) for t in m.tokens])
         if self.remote is not None and lookup.matched_docs < len(keys):
             lookup = self._from_remote(namespace, keys, tokens, lookup)
         return lookup
+
+    def _lookup_forms(self, namespace: str, prompt: Prompt) -> Lookup:
+        """Approximate reuse: the system prompt, then each document as the path [system,
+        document], every match locked once (see the module docstring)."""
+        fixed = prompt.fixed
+        head = self._exact_lookup(namespace, prompt.select(range(fixed))) if fixed else Lookup()
+        if head.matched_docs < fixed:
+            self.release(head.node_ids)
+            return Lookup()
+        found = head
+        for i in range(fixed, len(prompt.segment_ids)):
+            one = self._exact_lookup(namespace, prompt.select(list(range(fixed)) + [i]))
+            self.release(one.node_ids[:fixed])  # the system node stays locked by ``head``
+            if one.matched_docs == fixed + 1:
+                found = Lookup(found.node_ids + one.node_ids[fixed:], found.tiers + one.tiers[fixed:],
+                               found.tokens + one.tokens[fixed:], found.segments + [i])
+            else:
+                self.release(one.node_ids[fixed:])
+        return found
 
     def _from_remote(self, namespace: str, keys: List[str], tokens: List[int], lookup: Lookup) -> Lookup:
         """Extend the locked prefix with the segments the shared tier holds (one round trip)."""
@@ -210,22 +266,25 @@ class CacheTransactions:
                 self.cache.promote(slow, tier=tier)
             except (CapacityError, StorageError):  # tier full of locked KV, or the copy failed
                 pass
-        cached, slow_bytes = [], 0
-        for j, (nid, t, tokens) in enumerate(zip(lookup.node_ids, lookup.tiers, lookup.tokens)):
+        cached, slow_bytes, kept = [], 0, []
+        for j, (nid, t, tokens, i) in enumerate(zip(lookup.node_ids, lookup.tiers, lookup.tokens, lookup.segments)):
             payload = None
             nbytes = self.engine.kv_bytes(tokens)
             if self.uses_payloads:
                 try:
                     payload = self.cache.get(nid)
                 except StorageError:
-                    usable = Lookup(lookup.node_ids[:j], lookup.tiers[:j], lookup.tokens[:j])
-                    self.release(lookup.node_ids[j:])
-                    return cached, slow_bytes, usable
+                    if self.approximate is None or j == 0:  # the rest hangs on this segment
+                        self.release(lookup.node_ids[j:])
+                        return cached, slow_bytes, lookup.keep(kept)
+                    self.release([nid])  # a form stands alone: only it is recomputed
+                    continue
                 nbytes = int(payload.nbytes)
             if t != tier:
                 slow_bytes += nbytes
-            cached.append(DocumentKV(doc_id=doc_ids[j], tokens=tokens, nbytes=nbytes, payload=payload))
-        return cached, slow_bytes, lookup
+            kept.append(j)
+            cached.append(DocumentKV(doc_id=doc_ids[i], tokens=tokens, nbytes=nbytes, payload=payload))
+        return cached, slow_bytes, lookup.keep(kept)
 
     def commit(self, namespace: str, prompt: Prompt, lookup: Lookup, new_kv: list, question_tokens: int) -> int:
         """Store the new segments the admission policy admits below the hits, record
@@ -234,6 +293,8 @@ class CacheTransactions:
         still served."""
         if self.cache is None:
             return 0
+        if self.approximate is not None:
+            return self._commit_forms(namespace, prompt, lookup, new_kv, question_tokens)
         k = lookup.matched_docs
         end = len(prompt.segment_ids)
         if self.admission == "reused_prefix":  # one document past a reused prefix, or the first document
@@ -243,18 +304,7 @@ class CacheTransactions:
         # The hits' logical sizes as stored (the insert checks them), then the new segments'.
         nbytes = [int(self.cache.node(nid).nbytes) for nid in lookup.node_ids] + [int(kv.nbytes) for kv in stored_kv]
         payloads = [None] * k + [kv.payload for kv in stored_kv] if self.uses_payloads else None
-        stored = None
-        # The fastest tier with room: a segment larger than the gpu tier, or a gpu tier
-        # full of locked KV, goes to host; with no room anywhere nothing is stored.
-        for tier in (self.insert_tiers if stored_kv else ()):
-            try:
-                stored = self.cache.put(namespace, keys, tokens, nbytes, payloads=payloads, tier=tier, lock=True)
-                break
-            except CapacityError:
-                continue
-            except StorageError:
-                self.recorder.count("store_errors")
-                break
+        stored = self._put(namespace, keys, tokens, nbytes, payloads) if stored_kv else None
         created = []
         if stored is not None:
             created = [nid for nid, c in zip(stored.node_ids, stored.created) if c]
@@ -267,6 +317,54 @@ class CacheTransactions:
             self.cache.unlock(list(stored.node_ids))
             self._share(namespace, keys, [j for j, c in enumerate(stored.created) if c], payloads)
         return sum(1 for i, c in enumerate(stored.created) if c and i >= prompt.fixed) if stored is not None else 0
+
+    def _put(self, namespace: str, keys: List[str], tokens: List[int], nbytes: List[int], payloads):
+        """Insert a path into the fastest tier with room, locked (None when nothing could be
+        stored): a segment larger than the gpu tier, or a gpu tier full of locked KV, goes
+        to host; with no room anywhere nothing is stored."""
+        for tier in self.insert_tiers:
+            try:
+                return self.cache.put(namespace, keys, tokens, nbytes, payloads=payloads, tier=tier, lock=True)
+            except CapacityError:
+                continue
+            except StorageError:
+                self.recorder.count("store_errors")
+                return None
+        return None
+
+    def _commit_forms(self, namespace: str, prompt: Prompt, lookup: Lookup, new_kv: list,
+                      question_tokens: int) -> int:
+        """Approximate reuse: store the form of every document computed (the path [system,
+        document]; a computed system prompt with the first), touch the hits."""
+        fixed = prompt.fixed
+        missing = [i for i in range(len(prompt.segment_ids)) if i not in set(lookup.segments)]
+        computed = dict(zip(missing, new_kv))
+        keys, tokens = list(prompt.keys), [int(t) for t in prompt.segment_tokens]
+        sizes = dict(zip(lookup.segments, (int(self.cache.node(n).nbytes) for n in lookup.node_ids)))
+        sizes.update((i, int(kv.nbytes)) for i, kv in computed.items())
+        created_docs, held = 0, []
+        for i in missing:
+            if i < fixed:
+                continue
+            path = list(range(fixed)) + [i]
+            payloads = [computed[j].payload if j in computed else None for j in path] if self.uses_payloads else None
+            stored = self._put(namespace, [keys[j] for j in path], [tokens[j] for j in path],
+                               [sizes[j] for j in path], payloads)
+            if stored is None:
+                continue
+            held += list(stored.node_ids)
+            for j in range(fixed):  # the system prompt is in the tree now: later paths pass no payload for it
+                computed.pop(j, None)
+            new = [nid for nid, c in zip(stored.node_ids, stored.created) if c]
+            if new:
+                self.cache.record_compute(new, sum(tokens[:fixed]), tokens[i] + int(question_tokens))
+                created_docs += int(stored.created[-1])
+                self._share(namespace, [keys[j] for j in path], [n for n, c in enumerate(stored.created) if c],
+                            payloads)
+        if lookup.node_ids:
+            self.cache.touch(lookup.node_ids)
+        self.release(held)
+        return created_docs
 
     def _share(self, namespace: str, keys: List[str], created: List[int], payloads) -> None:
         """Write the segments this job created to the shared tier (queued for Redis)."""
