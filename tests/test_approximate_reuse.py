@@ -152,3 +152,86 @@ def test_bad_requests_are_refused_before_any_compute(tiny_engine, texts):  # noq
     with pytest.raises(ValueError, match="probe_layer 1 leaves no layer to recompute"):
         tiny_engine.prefill(PrefillRequest(ns, prompt, cached=[forms[s] for s in prompt.segment_ids],
                                            reuse=ApproximateReuse("deviation", 0.2, probe_layer=1)))
+
+
+# ----------------------------------------------------------------- the controller
+def controller(engine, cache=None, **options):
+    from hyperrag.cache import KVCache
+    from hyperrag.serve import PipelineTiming, RAGServeController
+
+    kv = engine.kv_bytes(1)
+    cache = cache if cache is not None else KVCache({"gpu": 4000 * kv, "host": 8000 * kv}, policy="lru",
+                                                     block_bytes=4096)
+    return RAGServeController(engine, cache, PipelineTiming(), speculative=False, default_output_tokens=5,
+                              **options)
+
+
+def queries(texts, n, seed=0):
+    import random
+
+    from hyperrag.serve import Query
+
+    rng = random.Random(seed)
+    ids = sorted(texts)
+    out = []
+    for j in range(n):
+        docs = rng.sample(ids, 3)
+        out.append(Query(f"q{j}", f"Question {j}: what do they say?", docs, doc_texts=[texts[d] for d in docs]))
+    return out
+
+
+def test_controller_reuses_documents_at_any_place(tiny_engine, tiny_texts):  # noqa: F811
+    texts = {d: tiny_texts[d] for d in sorted(tiny_texts)[:5]}
+    exact = controller(tiny_engine)
+    approx = controller(tiny_engine, reuse="approximate", recompute_policy="first_k", recompute_budget=1.0)
+    stream = queries(texts, 10)
+    served = [(exact.process(q), approx.process(q)) for q in stream]
+    for (e, a), q in zip(served, stream):
+        assert a.output_token_ids == e.output_token_ids, q.query_id  # full recompute: a full prefill's answer
+    seen, reused = set(), 0
+    for (_, a), q in zip(served, stream):
+        assert a.matched_docs == len(seen & set(q.doc_ids))  # every document seen before, wherever it stands
+        reused += a.matched_docs
+        seen |= set(q.doc_ids)
+    assert reused > sum(e.matched_docs for e, _ in served)  # more than exact prefixes reuse
+    tree = approx.cache.tree
+    assert tree.stats().num_nodes == 1 + len(texts)  # the system prompt and one form per document
+    assert tree.check_invariants() == [] and all(tree.node(n).lock_count == 0 for n in tree.node_ids())
+    assert approx.metrics().queries == len(stream)
+
+
+def test_pure_reuse_recomputes_nothing_and_shares_exact_nodes(tiny_engine, tiny_texts):  # noqa: F811
+    """A form is the exact node [system, document]: an exact controller's first documents
+    serve approximate reuse from the same cache."""
+    texts = {d: tiny_texts[d] for d in sorted(tiny_texts)[:4]}
+    exact = controller(tiny_engine)
+    ids = sorted(texts)
+    from hyperrag.serve import Query
+
+    exact.process(Query("e", "Q?", ids[:3], doc_texts=[texts[d] for d in ids[:3]]))
+    approx = controller(tiny_engine, cache=exact.cache, reuse="approximate", recompute_policy="none",
+                        recompute_budget=0)
+    r = approx.process(Query("a", "Q?", [ids[3], ids[0]], doc_texts=[texts[ids[3]], texts[ids[0]]]))
+    assert r.matched_docs == 1 and r.recomputed_tokens == 0 and r.stored_docs == 1
+    r = approx.process(Query("b", "Q?", [ids[1], ids[3], ids[0]], doc_texts=[texts[d] for d in (ids[1], ids[3], ids[0])]))
+    assert r.matched_docs == 2  # ids[3] (stored by "a") and ids[0]; ids[1] sits below ids[0] only
+    assert r.recomputed_tokens == 0 and r.cache_hit
+
+
+@pytest.mark.parametrize("options,error,match", [
+    (dict(reuse="fuzzy"), ValueError, "reuse 'fuzzy' is unknown; allowed: exact, approximate"),
+    (dict(reuse="approximate", recompute_policy="blend"), ValueError, "recompute policy 'blend' is unknown"),
+    (dict(reuse="approximate", recompute_budget=2), ValueError, r"recompute budget must be a number in \[0, 1\]"),
+    (dict(reuse="approximate", recompute_policy="deviation", recompute_budget=0.2), ValueError,
+     "probe_layer 1 leaves no layer to recompute: this model has 2 layers"),
+])
+def test_bad_controller_options_are_refused(tiny_engine, options, error, match):  # noqa: F811
+    with pytest.raises(error, match=match):
+        controller(tiny_engine, **options)
+
+
+def test_approximate_reuse_needs_an_engine_that_can_move_kv():
+    from hyperrag import RAGOptimize, RAGOptimizeConfig
+
+    with pytest.raises(ValueError, match="reuse='approximate' needs an engine that re-positions KV"):
+        RAGOptimize(RAGOptimizeConfig()).build_controller(reuse="approximate")

@@ -100,19 +100,25 @@ def real_queries(engine, texts, n, seed):
     return out
 
 
-def test_four_threads_on_a_real_model_answer_like_one(tiny_engine, tiny_texts):
+# Approximate reuse recomputing every re-positioned token answers like a full prefill, so
+# both modes are held to the same single-thread answers.
+REUSE = {"exact": {}, "approximate": dict(reuse="approximate", recompute_policy="first_k", recompute_budget=1.0)}
+
+
+@pytest.mark.parametrize("reuse", sorted(REUSE))
+def test_four_threads_on_a_real_model_answer_like_one(tiny_engine, tiny_texts, reuse):
     threads, per_thread = 4, 30
     queries = [real_queries(tiny_engine, tiny_texts, per_thread, seed) for seed in range(threads)]
 
-    def controller():
+    def controller(**options):
         kv = tiny_engine.kv_bytes(1)
         cache = KVCache({"gpu": 300 * kv, "host": 1200 * kv}, policy="lru", block_bytes=4096)
-        return RAGServeController(tiny_engine, cache, PipelineTiming(), speculative=False)
+        return RAGServeController(tiny_engine, cache, PipelineTiming(), speculative=False, **options)
 
     alone = controller()
     expected = {q.query_id: alone.process(q).output_token_ids for qs in queries for q in qs}
 
-    shared = controller()
+    shared = controller(**REUSE[reuse])
     got = {}
 
     def client(i):

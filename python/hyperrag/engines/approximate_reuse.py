@@ -21,10 +21,12 @@ share those nodes. A prompt [system][d1]..[dk][question] is then served as:
                 true prefill of this prompt (CacheBlend's selection); the probe
                 runs layers 0..probe_layer over the documents, and its exact KV
                 of those layers replaces the reused KV there
-4. the chosen tokens and the question run in one forward pass at their
-   positions, each attending to every key at or before its position (a
-   recomputed token's fresh copy, never its stale one); the fresh KV then
-   replaces the reused KV for the decode that follows.
+4. the chosen tokens (and the missing documents) run at their positions, each
+   attending to every key at or before its position (a recomputed token's fresh
+   copy, never its stale one); the fresh KV replaces the reused KV for the
+   decode that follows. A run of recomputed tokens that reaches the question is
+   prefilled plainly with it; the scattered ones before it take an explicit
+   mask (with the question in the same pass when nothing else follows).
 
 Nothing approximate is ever stored: only the position-independent forms (and a
 newly computed system prompt), which are exact.
@@ -161,22 +163,29 @@ def prefill(engine, request, prompt, reuse: ApproximateReuse):
     layers = [] if suffix == 0 else [(context[layer, 0, :, :suffix][None], context[layer, 1, :, :suffix][None])
                                      for layer in range(engine.num_layers)]
     cache = dynamic_cache(model, layers)
+    tail = all_ids[suffix:] + list(prompt.question_ids)  # plain prefill after the scattered tokens
+    tail_positions = list(range(suffix, total + len(prompt.question_ids)))
+    merged = bool(recompute) and suffix == total  # only the question follows: one pass with the mask
     if recompute:
         n = len(recompute)
-        query_pos = torch.tensor(recompute, device=device)
+        positions = recompute + (tail_positions if merged else [])
+        query_pos = torch.tensor(positions, device=device)
         stale = torch.zeros(suffix, dtype=torch.bool, device=device)
-        stale[query_pos] = True
+        stale[query_pos[:n]] = True
         old = (torch.arange(suffix, device=device)[None, :] <= query_pos[:, None]) & ~stale[None, :]
         mask = torch.cat([old, query_pos[None, :] <= query_pos[:, None]], dim=1)[None, None]
-        run([all_ids[p] for p in recompute], recompute, cache, mask)
-        fresh = []
-        for layer in cache.layers:  # the fresh KV over the stale copies, the appended copies dropped
-            keys, values = layer.keys[:, :, :suffix].clone(), layer.values[:, :, :suffix].clone()
-            keys[:, :, query_pos] = layer.keys[:, :, suffix:suffix + n]
-            values[:, :, query_pos] = layer.values[:, :, suffix:suffix + n]
-            fresh.append((keys, values))
-        cache = dynamic_cache(model, fresh)
-    out = run(all_ids[suffix:] + list(prompt.question_ids), range(suffix, total + len(prompt.question_ids)), cache)
+        out = run([all_ids[p] for p in recompute] + (tail if merged else []), positions, cache, mask)
+        layers = []
+        for layer in cache.layers:  # in place: the fresh KV over the stale copies, then the question's KV
+            kept = layer.keys.shape[2] - n
+            for kv in (layer.keys, layer.values):
+                fresh, after = kv[:, :, suffix:suffix + n].clone(), kv[:, :, suffix + n:].clone()
+                kv[:, :, query_pos[:n]] = fresh
+                kv[:, :, suffix:kept] = after
+            layers.append((layer.keys[:, :, :kept], layer.values[:, :, :kept]))
+        cache = dynamic_cache(model, layers)
+    if not merged:
+        out = run(tail, tail_positions, cache)
 
     # The forms to store: the system prompt and the first document are exact where they
     # stand; a later document is computed again on the system prompt alone, after the

@@ -47,10 +47,10 @@ def shift_keys(model, kv, from_offset: int, to_offset: int):
     """``kv`` [layers, 2, kv_heads, tokens, head_dim] computed at positions from_offset ..,
     as computed at to_offset .. (keys rotated, values unchanged); a new tensor in kv's dtype.
 
-    The keys are rotated back by the model's own float32 tables at the old positions and
-    forward by its tables at the new ones (arithmetic in float64), so the result matches
-    what the model computes at the new positions, including the rounding of its tables
-    at large positions (a single rotation by the difference would not).
+    The rotation back by the model's own float32 tables at the old positions and forward
+    by its tables at the new ones is combined in float64, so the result matches what the
+    model computes at the new positions, including the rounding of its tables at large
+    positions (a rotation by the difference of the angles would not).
     """
     import torch
 
@@ -65,14 +65,22 @@ def shift_keys(model, kv, from_offset: int, to_offset: int):
 
 def rerotate_keys(model, keys, from_positions, to_positions):
     """Keys [..., tokens, head_dim] rotated for ``from_positions`` (one per token), rotated
-    for ``to_positions`` instead; a new tensor in keys' dtype (see shift_keys)."""
+    for ``to_positions`` instead; a new tensor in keys' dtype (see shift_keys).
+
+    R(b) R(a)^T is one rotation per channel pair; its cos/sin come from the model's own
+    tables at a and b, combined in float64, so only one float32 pass touches the keys.
+    """
+    import torch
+
     rotary = rotary_embedding(model)
     head_dim = keys.shape[-1]
     cos_a, sin_a = _rotation(rotary, from_positions, head_dim, keys.device)
     cos_b, sin_b = _rotation(rotary, to_positions, head_dim, keys.device)
-    wide = keys.double()
-    unrotated = wide * cos_a - _rotate_half(wide) * sin_a  # R(-a): the transpose of R(a)
-    return (unrotated * cos_b + _rotate_half(unrotated) * sin_b).to(keys.dtype)
+    work = torch.promote_types(keys.dtype, torch.float32)
+    cos = (cos_b * cos_a + sin_b * sin_a).to(work)  # cos(b - a)
+    sin = (sin_b * cos_a - cos_b * sin_a).to(work)  # sin(b - a)
+    wide = keys.to(work)
+    return (wide * cos + _rotate_half(wide) * sin).to(keys.dtype)
 
 
 def _rotate_half(x):
