@@ -773,6 +773,47 @@ def sec_generic(name: str, d, note: str = "") -> List[str]:
     return out
 
 
+def sec_approx_reuse(name: str, d: dict) -> List[str]:
+    a, s = d["args"], d["summary"]
+    out = [heading("Approximate reuse: documents reused at any place, with selective recompute", command(name, a)),
+           provenance(name, d), ""]
+    out += para(
+        f"{MODEL_NAMES.get(a['model'], a['model'])} ({a['dtype']}, {fnum(s['threads'])} torch threads). Exact "
+        f"reuse serves a document's KV only behind the same ordered documents; `reuse=\"approximate\"` reuses "
+        f"every document with a stored position-independent form wherever the prompt puts it (keys re-rotated, "
+        f"exact), and recomputes a share of the re-positioned tokens (`recompute_budget`) chosen by "
+        f"`recompute_policy`: none, first_k (each document's first tokens) or deviation (CacheBlend's choice: the "
+        f"tokens whose layer-1 KV differ most from a true prefill). Documents stay in retrieval order for every "
+        f"system. Each query's TTFT is the median of {fnum(a['passes'])} passes from cold caches, systems "
+        f"interleaved query by query; quality is against a full prefill of the same prompt: first greedy token, all "
+        f"16 greedy tokens, and the KL divergence of the first-token distribution (over the reference's 1,000 most "
+        f"likely tokens; n/m: not measured, the prefix cache reuses exact prefixes only). \"recomputed\" is the "
+        f"share of document tokens computed again; \"doc reuse\" the share "
+        f"whose stored KV was used.")
+    png = s.get("frontier_png")
+    for stream, systems in s["systems"].items():
+        rep = s["repeats"][stream]
+        exact = systems["exact"]["mean_s"]
+        out += ["", f"**{STREAM_NAMES.get(stream, stream)}** ({fnum(a['queries'])} queries; repeated questions "
+                    f"{pct(rep['repeated_question_rate'])}, document occurrences seen before "
+                    f"{pct(rep['repeated_document_rate'])}):", ""]
+        out += table(["system", "mean", "p90", "mean vs exact", "doc reuse", "recomputed", "1st token agrees",
+                      "16 tokens agree", "first-token KL"],
+                     [[k, f"{ms(v['mean_s'], 0)} ms", f"{ms(v['p90_s'], 0)} ms", f"{exact / v['mean_s']:.2f}x",
+                       pct(v["doc_token_reuse_rate"], 0), pct(v["recomputed_share"], 0) if "recomputed_share" in v
+                       else "", pct(v["first_token_agreement"], 0) if "first_token_agreement" in v else "n/m",
+                       pct(v["all_tokens_agreement"], 0) if "all_tokens_agreement" in v else "n/m",
+                       f"{v['first_token_kl_mean']:.3f}" if "first_token_kl_mean" in v else ""]
+                      for k, v in systems.items()])
+    met = {k: v for k, v in s["target_met_by"].items() if v}
+    out += [""] + para(
+        "Target (mean TTFT at most half of exact reuse's with the first greedy token agreeing for at least 95% of "
+        "queries): " + ("met by " + join_words([f"{', '.join(v)} ({STREAM_NAMES.get(k, k)})" for k, v in met.items()])
+                        if met else "not met by any policy on this model.") +
+        (f" The frontier is plotted in [results/{png}](results/{png})." if png else ""))
+    return out
+
+
 SECTIONS: Dict[str, Callable[[str, dict], List[str]]] = {
     "bench_tree": sec_tree,
     "bench_tree_cpp": sec_tree_cpp,
@@ -782,6 +823,7 @@ SECTIONS: Dict[str, Callable[[str, dict], List[str]]] = {
     "bench_policies": sec_policies,
     "bench_ablations": sec_ablations,
     "bench_real_ttft": sec_real_ttft,
+    "bench_approx_reuse": sec_approx_reuse,
     "bench_vllm": sec_vllm,
     "bench_rerank": sec_rerank,
     "bench_remote": sec_remote,
