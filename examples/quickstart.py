@@ -10,9 +10,7 @@ rago = RAGOptimize(RAGOptimizeConfig(
 
 # Step 2: Find optimal schedule
 result = rago.optimize()
-print(result.summary())
-# TTFT=243.6ms  QPS/chip=47.0  hit_rate=82.0%
-#   gpus=4  batch=1  pareto_size=18
+print(result.summary())  # the best schedule's modelled TTFT, QPS per chip and hit rate, and the frontier's size
 
 # Step 3: Build controller
 ctrl = rago.build_controller()

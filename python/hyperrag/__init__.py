@@ -9,7 +9,7 @@ from hyperrag.models import LLMModel
 from hyperrag.plan import OptimizeResult, RAGOptimize, RAGOptimizeConfig, Schedule
 from hyperrag.serve import Query, QueryResult, RAGServeController
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = [
     "LLMModel",
