@@ -46,18 +46,21 @@ def smollm2_dir() -> Path:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from ..progress import quiet_dependencies, status
+
     gguf = smollm2_gguf_path()
-    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    quantized = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.bfloat16)
-    config = quantized.config
-    if hasattr(config, "quantization_config"):
-        del config.quantization_config
-    plain = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16)
-    plain.load_state_dict(quantized.state_dict())
-    # Write to a temporary sibling and rename, so a crash never leaves a half directory.
+    # Written to a temporary sibling and renamed, so a crash never leaves a half directory.
     tmp = target.with_name(target.name + f".tmp{os.getpid()}")
-    plain.save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
+    with status("converting SmolLM2-135M-Instruct to a bf16 directory (once)"), quiet_dependencies():
+        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        quantized = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.bfloat16)
+        config = quantized.config
+        if hasattr(config, "quantization_config"):
+            del config.quantization_config
+        plain = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16)
+        plain.load_state_dict(quantized.state_dict())
+        plain.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
     target.parent.mkdir(parents=True, exist_ok=True)
     if target.exists():  # another process finished first
         import shutil
@@ -86,8 +89,11 @@ def load_causal_lm(model_path: str | os.PathLike, dtype: str = "bfloat16", devic
     torch_dtype = getattr(torch, dtype, None)
     if not isinstance(torch_dtype, torch.dtype):
         raise ValueError(f"dtype {dtype!r} is not a torch dtype; use 'bfloat16', 'float16' or 'float32'")
-    tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype, local_files_only=True).to(device)
+    from ..progress import quiet_dependencies, status
+
+    with status(f"loading {path.name} ({dtype}, {device})"), quiet_dependencies():
+        tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype, local_files_only=True).to(device)
     model.eval()
     # A tokenizer that can emit ids past the embedding table would index out of
     # range inside the model (a crash or silent garbage), so refuse the pair.
@@ -139,7 +145,10 @@ def make_tiny_llama(
     torch.manual_seed(seed)
     model = LlamaForCausalLM(config)
     target = Path(target)
-    model.save_pretrained(target)
+    from ..progress import quiet_dependencies
+
+    with quiet_dependencies():
+        model.save_pretrained(target)
     tokenizer.save_pretrained(target)
     return target
 

@@ -37,6 +37,7 @@ from ..cache.kv_codec import CodecError, KVShape
 from ..cache.segment_store import SegmentStore
 from ..cache.tree import UnknownNodeError
 from ..engines.hf_models import cache_argument, dynamic_cache, load_causal_lm
+from ..progress import bar as progress_bar
 from .rerank_format import LAYOUTS, RerankFormat
 
 INSTRUCTION_SEGMENT = "<rerank-instruction>"
@@ -195,34 +196,33 @@ class KVReuseReranker:
         start = time.perf_counter()
         rid = f"index-{next(self._requests)}"
         computed, cached, failed, stored = 0, 0, [], 0
-        bar = self._progress(len(docs), progress)
         try:
-            instruction = self._instruction(rid)
-            disk_before = self.store.stats().saved_disk_bytes  # after the instruction: documents only
-            for lo in range(0, len(docs), self.max_batch):
-                batch = range(lo, min(lo + self.max_batch, len(docs)))
-                todo = []
-                for i in batch:  # held per batch (released below), so a corpus larger than memory can cycle
-                    held = self.store.acquire(f"{rid}/batch", self.namespace, *self._path(doc_ids[i], docs[i]))
-                    if len(held) == 2:
-                        cached += 1
-                        stored += self.store.cache.node(held[1]).nbytes
-                    else:
-                        todo.append(i)
-                if todo:
-                    _, kvs = self._batched([_Row(past=[instruction], new=docs[i], extract=(0, len(docs[i])))
-                                            for i in todo])
-                    for i, kv in zip(todo, kvs):
-                        nbytes = self._save(doc_ids[i], docs[i], kv)
-                        if nbytes:
-                            stored += nbytes
+            with progress_bar("rerank index", len(docs), progress) as bar:
+                instruction = self._instruction(rid)
+                disk_before = self.store.stats().saved_disk_bytes  # after the instruction: documents only
+                for lo in range(0, len(docs), self.max_batch):
+                    batch = range(lo, min(lo + self.max_batch, len(docs)))
+                    todo = []
+                    for i in batch:  # held per batch (released below), so a corpus larger than memory can cycle
+                        held = self.store.acquire(f"{rid}/batch", self.namespace, *self._path(doc_ids[i], docs[i]))
+                        if len(held) == 2:
+                            cached += 1
+                            stored += self.store.cache.node(held[1]).nbytes
                         else:
-                            failed.append(doc_ids[i])
-                    computed += len(todo)
-                self.store.release(f"{rid}/batch")
-                bar.update(len(batch))
+                            todo.append(i)
+                    if todo:
+                        _, kvs = self._batched([_Row(past=[instruction], new=docs[i], extract=(0, len(docs[i])))
+                                                for i in todo])
+                        for i, kv in zip(todo, kvs):
+                            nbytes = self._save(doc_ids[i], docs[i], kv)
+                            if nbytes:
+                                stored += nbytes
+                            else:
+                                failed.append(doc_ids[i])
+                        computed += len(todo)
+                    self.store.release(f"{rid}/batch")
+                    bar.advance(len(batch))
         finally:
-            bar.close()
             self.store.release(rid)
             self.store.release(f"{rid}/batch")
         return IndexReport(documents=len(docs), computed=computed, already_cached=cached,
@@ -447,8 +447,3 @@ class KVReuseReranker:
             self._stats.reused += reused
             self._stats.computed += computed
 
-    @staticmethod
-    def _progress(total: int, enabled: bool):
-        from tqdm import tqdm
-
-        return tqdm(total=total, unit="doc", desc="rerank index", disable=not enabled)

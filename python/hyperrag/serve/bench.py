@@ -13,8 +13,9 @@ import statistics
 import subprocess
 import time
 from pathlib import Path
-from typing import Callable, Dict, Iterable, List, Optional, Sequence
+from typing import Dict, Iterable, List, Optional, Sequence
 
+from hyperrag import progress
 from hyperrag import workloads as W
 from hyperrag.serve.build import GB
 
@@ -81,22 +82,12 @@ def median_rows(runs: List[Dict[str, float]], keys: Iterable[str]) -> Dict[str, 
     return {k: statistics.median(r[k] for r in runs) for k in keys}
 
 
-def progress(enabled: bool = True):
-    """A rich progress bar over controller runs (disabled in tests)."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                    disable=not enabled, transient=True)
-
-
 # --------------------------------------------------------------- experiments
 def bench_paradigms(paradigms: Sequence[str], num_queries: int, repeats: int = 3, load: float = 0.6,
                     zipf_alpha: float = 1.1, show_progress: bool = True) -> List[dict]:
     """Baseline (no cache, no reordering, no speculation) vs HyperRAG per paradigm."""
     rows = []
-    bar = progress(show_progress)
-    with bar:
-        task = bar.add_task("paradigms", total=len(paradigms) * repeats * 2)
+    with progress.bar("paradigms", len(paradigms) * repeats * 2, show_progress) as bar:
         for p in paradigms:
             rago = plan(p)
             config, schedule = rago.config, rago.result.best
@@ -105,12 +96,12 @@ def bench_paradigms(paradigms: Sequence[str], num_queries: int, repeats: int = 3
                 qs0 = workload(config, num_queries, seed, zipf_alpha=zipf_alpha)
                 qps = arrival_rate(rago, qs0, load)
                 qs = workload(config, num_queries, seed, qps=qps, zipf_alpha=zipf_alpha)
-                bar.update(task, description=f"{p} seed {seed}: baseline")
+                bar.describe(f"{p} seed {seed}: baseline")
                 base = run(rago, qs, use_cache=False, reorder=False, speculative=False)
-                bar.advance(task)
-                bar.update(task, description=f"{p} seed {seed}: hyperrag")
+                bar.advance()
+                bar.describe(f"{p} seed {seed}: hyperrag")
                 hyper = run(rago, qs)
-                bar.advance(task)
+                bar.advance()
                 per_seed.append({
                     "qps": qps,
                     "baseline_mean_ttft_s": base["mean_ttft_s"], "baseline_p90_ttft_s": base["p90_ttft_s"],
@@ -142,9 +133,7 @@ def bench_policies(paradigm: str, num_queries: int, repeats: int = 3, load: floa
     kvb = config.model.kv_bytes_per_token()
     gpu_share = config.gpu_budget_gb / (config.gpu_budget_gb + config.host_budget_gb)
     runs: Dict[tuple, List[dict]] = {}
-    bar = progress(show_progress)
-    with bar:
-        task = bar.add_task("policies", total=repeats * len(fractions) * len(policies))
+    with progress.bar("policies", repeats * len(fractions) * len(policies), show_progress) as bar:
         for seed in range(repeats):
             qs0 = workload(config, num_queries, seed, zipf_alpha=zipf_alpha)
             qps = arrival_rate(rago, qs0, load)
@@ -152,13 +141,13 @@ def bench_policies(paradigm: str, num_queries: int, repeats: int = 3, load: floa
             working_set = W.working_set_bytes(qs, kvb)
             for f in fractions:
                 for policy in policies:
-                    bar.update(task, description=f"seed {seed} {f:.0%} {policy}")
+                    bar.describe(f"seed {seed} {f:.0%} {policy}")
                     total_bytes = f * working_set
                     m = run(rago, qs, policy=policy, gpu_bytes=int(total_bytes * gpu_share),
                             host_bytes=int(total_bytes * (1 - gpu_share)))
                     m["working_set_gib"] = working_set / (1 << 30)
                     runs.setdefault((f, policy), []).append(m)
-                    bar.advance(task)
+                    bar.advance()
     keys = ("token_hit_rate", "hit_rate", "saved_prefill_s", "mean_ttft_s", "p90_ttft_s", "working_set_gib")
     rows = []
     for (f, policy), ms in runs.items():
@@ -182,9 +171,7 @@ def bench_ablations(paradigms: Sequence[str], num_queries: int, repeats: int = 3
                     show_progress: bool = True) -> List[dict]:
     """TTFT with cache-aware reordering and speculative pipelining each on and off (cache on)."""
     rows = []
-    bar = progress(show_progress)
-    with bar:
-        task = bar.add_task("ablations", total=len(paradigms) * len(loads) * repeats * len(ABLATIONS))
+    with progress.bar("ablations", len(paradigms) * len(loads) * repeats * len(ABLATIONS), show_progress) as bar:
         for p in paradigms:
             rago = plan(p)
             config = rago.config
@@ -196,12 +183,12 @@ def bench_ablations(paradigms: Sequence[str], num_queries: int, repeats: int = 3
                     qs = workload(config, num_queries, seed, qps=qps, zipf_alpha=zipf_alpha)
                     full = None
                     for name, kw in ABLATIONS.items():
-                        bar.update(task, description=f"{p} load {load} seed {seed}: {name}")
+                        bar.describe(f"{p} load {load} seed {seed}: {name}")
                         m = run(rago, qs, **kw)
                         full = full or m
                         m["ttft_vs_hyperrag"] = m["mean_ttft_s"] / full["mean_ttft_s"]
                         per[name].append(m)
-                        bar.advance(task)
+                        bar.advance()
                 for name, ms in per.items():
                     row = {"paradigm": p, "load": load, "variant": name, "queries": num_queries, "repeats": repeats}
                     row.update(median_rows(ms, ("mean_ttft_s", "p90_ttft_s", "ttft_vs_hyperrag", "hit_rate",
@@ -218,22 +205,10 @@ def _gpu_name(config) -> str:
 
 def print_table(title: str, rows: List[dict], columns: Sequence[tuple]) -> None:
     """columns: (header, key, format) triples; format is a str.format spec or a callable."""
-    from rich.console import Console
-    from rich.table import Table
+    from hyperrag.terminal_table import print_table as print_rows
 
-    table = Table(title=title)
-    for header, _, _ in columns:
-        table.add_column(header, justify="right")
-    for row in rows:
-        cells = []
-        for _, key, fmt in columns:
-            v = row[key]
-            cells.append(fmt(v) if callable(fmt) else format(v, fmt))
-        table.add_row(*cells)
-    console = Console()
-    if not console.is_terminal:  # piped output: do not squeeze the table into 80 columns
-        console = Console(width=max(console.width, 200))
-    console.print(table)
+    cells = [[fmt(row[key]) if callable(fmt) else format(row[key], fmt) for _, key, fmt in columns] for row in rows]
+    print_rows(title, [header for header, _, _ in columns], cells)
 
 
 def ms(v: float) -> str:
