@@ -46,9 +46,9 @@ BAD_BENCH = [
     (["--repeats", "0"], "--repeats", "positive integer, got '0'"),
     (["--queries", "1e3"], "--queries", "positive integer, got '1e3'"),
     (["--paradigm", "nope"], "--paradigm", "'all', 'hyperscale'"),
-    (["--json", "{tmp}/file.txt/out"], "--json", "file.txt' is not a folder"),
-    (["--json", "{unwritable}"], "--json", "is not writable"),
-    (["--json", "{unwritable}/new/out"], "--json", "is not writable"),
+    (["--out", "{tmp}/file.txt/out"], "--out", "file.txt' is not a folder"),
+    (["--out", "{unwritable}"], "--out", "is not writable"),
+    (["--out", "{unwritable}/new/out"], "--out", "is not writable"),
     (["--plot", "{tmp}/x.png"], "--plot", "allowed: --help, --paradigm, --queries"),
 ]
 
@@ -89,9 +89,9 @@ def test_bad_bench_flag_is_refused_before_the_run(argv, flag, allowed, paths):
 
 
 @pytest.mark.parametrize("argv, allowed", [
-    ([], "a subcommand is required; allowed: optimize, bench, rerank"),
-    (["--verbose"], "allowed: optimize, bench, rerank (unrecognized: --verbose)"),
-    (["serve"], "invalid choice: 'serve' (choose from 'optimize', 'bench', 'rerank')"),
+    ([], "a subcommand is required; allowed: optimize, bench, rerank, serve"),
+    (["--verbose"], "allowed: optimize, bench, rerank, serve (unrecognized: --verbose)"),
+    (["deploy"], "invalid choice: 'deploy' (choose from 'optimize', 'bench', 'rerank', 'serve')"),
 ])
 def test_bad_subcommand(argv, allowed):
     assert_one_line_error(run_hyperrag(*argv), 2, "hyperrag", allowed)
@@ -109,7 +109,7 @@ def test_conflicting_optimize_options(argv, fragments):
 def test_failed_output_write_is_one_line_and_exit_1(tmp_path):
     pytest.importorskip("hyperrag.cache", reason="needs the native cache module")
     (tmp_path / "bench_paradigms.json").mkdir()  # the folder is fine; the file cannot be written
-    proc = run_hyperrag(*TINY_BENCH, "--json", tmp_path)
+    proc = run_hyperrag(*TINY_BENCH, "--out", tmp_path)
     assert_one_line_error(proc, 1, "hyperrag bench", "Is a directory", "bench_paradigms.json")
 
 

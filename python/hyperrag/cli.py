@@ -1,5 +1,5 @@
-"""The `hyperrag` command: `optimize` (schedule search), `bench` (serving benchmark) and
-`rerank index` (precompute a corpus's reranker KV).
+"""The `hyperrag` command: `optimize` (schedule search), `bench` (serving benchmark),
+`rerank index` (precompute a corpus's reranker KV) and `serve` (OpenAI-compatible HTTP server).
 
 Bad input never shows a traceback: every rejected flag or value is one line on
 stderr, `hyperrag <subcommand>: error: ...`, and exit status 2; a failed write
@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import inspect
 import json
 import math
 import os
+import socket
 import sys
 import tempfile
 from pathlib import Path
@@ -177,20 +179,18 @@ def run_optimize(args: argparse.Namespace) -> int:
 
 def print_frontier(result) -> None:
     from rich.console import Console
-    from rich.table import Table
+
+    from hyperrag.terminal_table import print_table
 
     c = result.config
-    table = Table(title=f"Pareto frontier: {c.paradigm}, {c.model.name} on {c.gpu.name} "
-                        f"({sum(s.fits for s in result.candidates)}/{len(result.candidates)} candidates fit)")
-    for name in ("", "gpus", "batch", "hit rate", "placement", "TTFT ms", "QPS/chip", "GB/GPU"):
-        table.add_column(name, justify="left" if name == "placement" else "right")
-    for s in result.frontier:
-        table.add_row("*" if s is result.best else "", str(s.num_gpus), str(s.batch_size),
-                      f"{s.hit_rate_target:.0%}", s.placement, f"{s.ttft_s * 1e3:.1f}",
-                      f"{s.qps_per_chip:.2f}", f"{s.memory_per_gpu_gb:.1f}")
-    console = Console()
-    console.print(table)
-    console.print(result.summary(), markup=False, highlight=False)
+    headers = ("", "gpus", "batch", "hit rate", "TTFT ms", "QPS/chip", "GB/GPU", "placement")
+    rows = [("*" if s is result.best else "", str(s.num_gpus), str(s.batch_size), f"{s.hit_rate_target:.0%}",
+             f"{s.ttft_s * 1e3:.1f}", f"{s.qps_per_chip:.2f}", f"{s.memory_per_gpu_gb:.1f}", s.placement)
+            for s in result.frontier]
+    print_table(f"Pareto frontier: {c.paradigm}, {c.model.name} on {c.gpu.name} "
+                f"({sum(s.fits for s in result.candidates)}/{len(result.candidates)} candidates fit; * best)",
+                headers, rows, justify=("right",) * 7 + ("left",))
+    Console().print(result.summary(), markup=False, highlight=False)
 
 
 def plot_frontier(result, path: str) -> None:
@@ -207,13 +207,14 @@ def plot_frontier(result, path: str) -> None:
         pts = [s for s in fitting if s.placement == placement]
         if pts:
             ax.scatter([s.qps_per_chip for s in pts], [s.ttft_s * 1e3 for s in pts], marker=marker, s=28,
-                       color="0.65", label=f"{placement} ({len(pts)})")
+                       color="0.65", label=f"{placement} placement ({len(pts)} schedules)")
     front = sorted(result.frontier, key=lambda s: s.qps_per_chip)
     ax.plot([s.qps_per_chip for s in front], [s.ttft_s * 1e3 for s in front], "-o", color="tab:red", ms=5,
-            lw=1.5, label=f"Pareto frontier ({len(front)})")
+            lw=1.5, label=f"Pareto frontier ({len(front)} schedules)")
     b = result.best
     ax.scatter([b.qps_per_chip], [b.ttft_s * 1e3], marker="*", s=260, color="tab:blue", zorder=5,
-               label=f"best: {b.label()}")
+               label=f"best: {b.num_gpus} GPUs, batch {b.batch_size}, hit rate {b.hit_rate_target:.0%}, "
+                     f"{b.placement}")
     if c.qps_target is not None:
         ax.axvline(c.qps_target, color="tab:green", ls="--", lw=1, label=f"QPS target {c.qps_target:g}")
     ax.set_yscale("log")
@@ -228,10 +229,175 @@ def plot_frontier(result, path: str) -> None:
     plt.close(fig)
 
 
+# ------------------------------------------------------------------ serve
+SERVER_MODULES = ("fastapi", "uvicorn", "prometheus_client")
+LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
+MB = 10**6  # --gpu-mb/--host-mb: decimal, as the planner's GB budgets
+
+
+def model_source(text: str) -> str:
+    """'smollm2' (the packaged model) or a local Hugging Face directory holding config.json."""
+    if text != "smollm2" and not (Path(text) / "config.json").is_file():
+        raise argparse.ArgumentTypeError(f"must be 'smollm2' or a Hugging Face model directory (holding "
+                                         f"config.json), got {text!r}")
+    return text
+
+
+def host_address(text: str) -> str:
+    try:
+        socket.getaddrinfo(text, None, type=socket.SOCK_STREAM)
+    except (socket.gaierror, UnicodeError):
+        raise argparse.ArgumentTypeError(f"must be an address or host name this machine can resolve, "
+                                         f"e.g. 127.0.0.1 or 0.0.0.0, got {text!r}") from None
+    return text
+
+
+def port_number(text: str) -> int:
+    value = int(text) if text.isdigit() else -1
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"must be an integer in [0, 65535] (0: any free port), got {text!r}")
+    return value
+
+
+def unit_fraction(text: str) -> float:
+    value = _float(text)
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"must be a fraction in [0, 1], got {text!r}")
+    return value
+
+
+def megabytes(text: str) -> int:
+    """A budget in MB (decimal), returned in bytes."""
+    value = _float(text)
+    if not (math.isfinite(value) and value >= 0):
+        raise argparse.ArgumentTypeError(f"must be a number of MB >= 0 (0: no such tier), got {text!r}")
+    return int(value * MB)
+
+
+def redis_url(text: str) -> str:
+    if not text.startswith(("redis://", "rediss://", "unix://")):
+        raise argparse.ArgumentTypeError(f"must be a redis://, rediss:// or unix:// URL, got {text!r}")
+    if importlib.util.find_spec("redis") is None:
+        raise argparse.ArgumentTypeError("needs redis-py: pip install 'dv-hyperrag[remote]'")
+    return text
+
+
+def torch_device(text: str) -> str:
+    """'cpu', 'cuda' or 'cuda:N' naming a device this machine has."""
+    kind, _, index = text.partition(":")
+    if kind == "cpu" and not index:
+        return text
+    if kind != "cuda" or (index and not index.isdigit()):
+        raise argparse.ArgumentTypeError(f"must be 'cpu', 'cuda' or 'cuda:N', got {text!r}")
+    import torch
+
+    count = torch.cuda.device_count()
+    if int(index or 0) >= count:
+        raise argparse.ArgumentTypeError(f"{text!r} is not available: this machine has {count} CUDA device(s)")
+    return text
+
+
+def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
+    from hyperrag.engines.approximate_reuse import RECOMPUTE_POLICIES, REUSE_MODES
+    from hyperrag.serve.controller import DOC_ORDERS
+
+    parser.add_argument("--model", type=model_source, required=True,
+                        help="'smollm2' or a local Hugging Face model directory; also the served model name")
+    parser.add_argument("--dtype", default="bfloat16", choices=("bfloat16", "float16", "float32"),
+                        help="weights and KV dtype (default bfloat16)")
+    parser.add_argument("--device", type=torch_device, default="cpu", help="cpu, cuda or cuda:N (default cpu)")
+    parser.add_argument("--host", type=host_address, default="127.0.0.1",
+                        help="address to listen on (default 127.0.0.1; 0.0.0.0: every interface)")
+    parser.add_argument("--port", type=port_number, default=8000, help="port to listen on (default 8000; 0: any free)")
+    parser.add_argument("--max-tokens", type=positive_int, default=128,
+                        help="answer length of requests that set no max_tokens (default 128)")
+    parser.add_argument("--max-tokens-limit", type=positive_int, default=None,
+                        help="largest max_tokens a request may ask (default: the model's context window)")
+    parser.add_argument("--doc-order", default="retrieval", choices=DOC_ORDERS,
+                        help="prompt documents as sent, or in the order with the longest cached prefix")
+    parser.add_argument("--reuse", default="exact", choices=REUSE_MODES,
+                        help="exact: outputs equal a full prefill; approximate: faster, outputs may differ")
+    parser.add_argument("--recompute-policy", default=None, choices=RECOMPUTE_POLICIES,
+                        help="with --reuse approximate: which re-positioned tokens to recompute "
+                             "(default: the controller's)")
+    parser.add_argument("--recompute-budget", type=unit_fraction, default=None,
+                        help="with --reuse approximate: share of re-positioned tokens recomputed, in [0, 1] "
+                             "(default: the controller's; 0 with policy none)")
+    parser.add_argument("--gpu-mb", type=megabytes, default=None,
+                        help="KV cache budget of the fastest tier in MB (default: the planner's; 0: none)")
+    parser.add_argument("--host-mb", type=megabytes, default=None,
+                        help="KV cache budget in host memory in MB (default: the planner's; 0: none)")
+    parser.add_argument("--remote", type=redis_url, default=None, metavar="URL",
+                        help="share document KV with other servers through this Redis (redis://host:port/db)")
+    parser.add_argument("--threads", type=positive_int, default=None,
+                        help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--log-level", default="info", choices=LOG_LEVELS,
+                        help="server log level; info logs every request (default info)")
+
+
+def serve_options(args: argparse.Namespace) -> dict:
+    """build_controller options of the flags that must agree with each other; ValueError when they do not
+    (raised before the model loads)."""
+    from hyperrag.engines.approximate_reuse import ApproximateReuse
+    from hyperrag.serve.controller import RAGServeController
+
+    options = {"default_output_tokens": args.max_tokens, "doc_order": args.doc_order, "reuse": args.reuse}
+    if args.max_tokens_limit is not None and args.max_tokens > args.max_tokens_limit:
+        raise ValueError(f"--max-tokens {args.max_tokens} exceeds --max-tokens-limit {args.max_tokens_limit}")
+    if args.gpu_mb == 0 and args.host_mb == 0:
+        raise ValueError("--gpu-mb and --host-mb are both 0: no tier to cache in; allowed: at least one > 0")
+    options.update({name: value for name, value in (("gpu_bytes", args.gpu_mb), ("host_bytes", args.host_mb),
+                                                    ("remote", args.remote)) if value is not None})
+    tuned = {name: value for name, value in (("recompute_policy", args.recompute_policy),
+                                             ("recompute_budget", args.recompute_budget)) if value is not None}
+    if tuned and args.reuse != "approximate":
+        raise ValueError(f"--{next(iter(tuned)).replace('_', '-')} needs --reuse approximate")
+    if tuned.get("recompute_policy") == "none":
+        tuned.setdefault("recompute_budget", 0.0)  # policy none recomputes nothing: its only budget
+    if tuned:
+        defaults = inspect.signature(RAGServeController).parameters
+        ApproximateReuse(*(tuned.get(name, defaults[name].default)  # ValueError if they do not fit
+                           for name in ("recompute_policy", "recompute_budget")))
+    options.update(tuned)
+    return options
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    options = serve_options(args)
+    missing = [name for name in SERVER_MODULES if importlib.util.find_spec(name) is None]
+    if missing:
+        raise ValueError(f"needs {', '.join(missing)}: pip install 'dv-hyperrag[server]'")
+    from hyperrag.serve.http_server import bind, serve
+
+    try:  # before the model loads, so a taken port fails at once
+        listener = bind(args.host, args.port)
+    except OSError as exc:
+        raise ValueError(f"argument --port: {exc.strerror}") from None
+    import torch
+
+    from hyperrag.plan import RAGOptimize, RAGOptimizeConfig
+
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    controller = RAGOptimize(RAGOptimizeConfig()).build_controller(
+        engine="transformers", model_path=args.model, engine_kwargs={"dtype": args.dtype, "device": args.device},
+        **options)
+    window = controller.engine.max_context
+    if args.max_tokens > window:
+        raise ValueError(f"--max-tokens {args.max_tokens} exceeds the model's context window of {window} tokens")
+    serve(controller, args.host, listener.getsockname()[1], model_name=args.model, listener=listener,
+          max_tokens_limit=args.max_tokens_limit, log_level=args.log_level,
+          ready=lambda url: print(f"serving {args.model} on {url}", flush=True))
+    return 0
+
+
 # ------------------------------------------------------------------ command
 def build_parser() -> Tuple[Parser, Dict[str, Parser]]:
     """The `hyperrag` parser and its subcommands' parsers by name."""
+    from hyperrag import __version__
+
     parser = Parser(prog="hyperrag", description="KV-cache optimization for RAG serving")
+    parser.add_argument("--version", action="version", version=f"hyperrag {__version__}")
     sub = parser.add_subparsers(dest="command")  # not required=True: main names the allowed subcommands
     opt = sub.add_parser("optimize", help="Pareto schedule search for a workload")
     add_optimize_arguments(opt)
@@ -245,6 +411,9 @@ def build_parser() -> Tuple[Parser, Dict[str, Parser]]:
     from hyperrag.rerank.cli import add_rerank_command
 
     add_rerank_command(sub)
+    serve = sub.add_parser("serve", help="OpenAI-compatible HTTP server with document KV reuse")
+    add_serve_arguments(serve)
+    serve.set_defaults(func=run_serve)
     return parser, sub.choices
 
 
