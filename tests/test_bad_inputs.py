@@ -240,7 +240,7 @@ CLI_CASES = [
     (["bench", "--zipf-alpha", "-1"], "--zipf-alpha"),
     (["optimize", "--plot", "/no/such/folder/x.png"], "--plot"),
     (["optimize", "--plot", "frontier.txt"], "--plot"),
-    (["bench", "--json", "/proc/hyperrag-results"], "--json"),
+    (["bench", "--out", "/proc/hyperrag-results"], "--out"),
     (["optimize", "--paradigm", "agentic"], "--paradigm"),
 ]
 

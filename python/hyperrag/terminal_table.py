@@ -36,12 +36,13 @@ def print_table(title: str, headers: Sequence[str], rows: Sequence[Sequence[str]
     console = console or Console()
     if not console.is_terminal:
         console = Console(width=max(console.width, _PIPED_WIDTH))
-    widths = [max([len(h)] + [len(r[i]) for r in rows]) for i, h in enumerate(headers)]
+    # A header may wrap at its spaces; a cell never wraps, and its column never gets narrower than it.
+    cell_widths = [max([0] + [len(r[i]) for r in rows]) for i in range(len(headers))]
+    widths = [max([cell_widths[i]] + [len(word) for word in h.split()]) for i, h in enumerate(headers)]
     shown = fit_columns(widths, console.width)
     table = Table(title=title)
     for i in range(shown):
-        table.add_column(headers[i], justify=(justify[i] if justify else "right"), no_wrap=True,
-                         min_width=widths[i])
+        table.add_column(headers[i], justify=(justify[i] if justify else "right"), width=widths[i])
     for row in rows:
         table.add_row(*row[:shown])
     console.print(table)

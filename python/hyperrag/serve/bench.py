@@ -215,13 +215,13 @@ def ms(v: float) -> str:
     return f"{v * 1000:.1f} ms"
 
 
+# Headline columns first: a narrow terminal leaves out columns from the right (terminal_table).
 PARADIGM_COLUMNS = (
-    ("paradigm", "paradigm", "s"), ("model", "model", "s"), ("gpus", "num_gpus", "d"),
-    ("qps", "qps", ".2f"),
-    ("baseline mean", "baseline_mean_ttft_s", ms), ("baseline p90", "baseline_p90_ttft_s", ms),
-    ("HyperRAG mean", "hyperrag_mean_ttft_s", ms), ("HyperRAG p90", "hyperrag_p90_ttft_s", ms),
-    ("hit rate", "hit_rate", ".1%"), ("token hit", "token_hit_rate", ".1%"),
-    ("speedup mean", "speedup_mean", ".2f"), ("speedup p90", "speedup_p90", ".2f"),
+    ("paradigm", "paradigm", "s"), ("baseline mean", "baseline_mean_ttft_s", ms),
+    ("HyperRAG mean", "hyperrag_mean_ttft_s", ms), ("speedup mean", "speedup_mean", ".2f"),
+    ("baseline p90", "baseline_p90_ttft_s", ms), ("HyperRAG p90", "hyperrag_p90_ttft_s", ms),
+    ("speedup p90", "speedup_p90", ".2f"), ("hit rate", "hit_rate", ".1%"), ("token hit", "token_hit_rate", ".1%"),
+    ("model", "model", "s"), ("gpus", "num_gpus", "d"), ("qps", "qps", ".2f"),
 )
 POLICY_COLUMNS = (
     ("capacity", "capacity_fraction", ".0%"), ("policy", "policy", "s"),

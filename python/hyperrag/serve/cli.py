@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 
 from hyperrag.cli import open_fraction, output_dir, positive_float, positive_int
@@ -22,8 +23,10 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--zipf-alpha", type=positive_float, default=1.1, help="document popularity skew (> 0)")
     parser.add_argument("--ablations", action="store_true",
                         help="also run reordering / speculative pipelining on-off ablations")
-    parser.add_argument("--json", type=output_dir, default=None, metavar="DIR",
-                        help="also write the rows to this directory as JSON (created if missing)")
+    parser.add_argument("--json", action="store_true", help="print the rows as JSON instead of tables")
+    parser.add_argument("--out", type=output_dir, default=None, metavar="DIR",
+                        help="also write the rows to DIR/bench_paradigms.json (and bench_ablations.json; "
+                             "the folder is created if missing)")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
 
@@ -33,17 +36,21 @@ def run_bench(args: argparse.Namespace) -> int:
     paradigms = PARADIGMS if args.paradigm == "all" else (args.paradigm,)
     show = not args.no_progress
     options = {k: v for k, v in vars(args).items() if k not in _DISPATCH_KEYS}
-    rows = B.bench_paradigms(paradigms, args.queries, args.repeats, args.load, args.zipf_alpha, show)
-    B.print_table(f"TTFT, {args.queries} queries, Zipf {args.zipf_alpha}, load {args.load} "
-                  f"(median of {args.repeats} seeds, simulated engine)", rows, B.PARADIGM_COLUMNS)
-    if args.json:
-        B.write_json("bench_paradigms", rows, options, args.json)
+    results = {"paradigms": B.bench_paradigms(paradigms, args.queries, args.repeats, args.load, args.zipf_alpha,
+                                              show)}
     if args.ablations:
-        abl = B.bench_ablations(paradigms, args.queries, args.repeats, zipf_alpha=args.zipf_alpha,
-                                show_progress=show)
-        B.print_table("Ablations (cache on)", abl, B.ABLATION_COLUMNS)
-        if args.json:
-            B.write_json("bench_ablations", abl, options, args.json)
+        results["ablations"] = B.bench_ablations(paradigms, args.queries, args.repeats, zipf_alpha=args.zipf_alpha,
+                                                 show_progress=show)
+    if args.json:
+        print(json.dumps(results, indent=2))
+    else:
+        B.print_table(f"TTFT, {args.queries} queries, Zipf {args.zipf_alpha}, load {args.load} "
+                      f"(median of {args.repeats} seeds, simulated engine)", results["paradigms"], B.PARADIGM_COLUMNS)
+        if args.ablations:
+            B.print_table("Ablations (cache on)", results["ablations"], B.ABLATION_COLUMNS)
+    if args.out:
+        for name, rows in results.items():
+            B.write_json(f"bench_{name}", rows, options, args.out)
     return 0
 
 
