@@ -43,7 +43,7 @@ from hyperrag.serve import Query
 from hyperrag.serve import bench as B
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_real_ttft import bundled_stream, norepeat_stream, repeat_rates  # noqa: E402
+from bench_real_ttft import add_common_arguments, bundled_stream, norepeat_stream, repeat_rates  # noqa: E402
 from token_prefix_cache import TokenPrefixCache  # noqa: E402
 
 ANSWER_TOKENS = 16
@@ -152,13 +152,8 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--queries", type=int, default=80)
     ap.add_argument("--passes", type=int, default=2)
-    ap.add_argument("--model", default="smollm2")
+    add_common_arguments(ap)
     ap.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
-    ap.add_argument("--gpu-mb", type=int, default=1024, help="KV budget of the gpu tier (MiB)")
-    ap.add_argument("--host-mb", type=int, default=4096, help="KV budget of the host tier (MiB)")
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--streams", default="norepeat,bundled")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     corpus = load_corpus()

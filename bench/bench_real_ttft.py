@@ -187,18 +187,23 @@ def order_quality(engine, rago, stream, texts):
     return {"queries": len(stream), "reordered": reordered, "answer_changed": changed}
 
 
-def main():
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--queries", type=int, default=100)
-    ap.add_argument("--passes", type=int, default=3)
-    ap.add_argument("--repeats", type=int, default=5, help="repeats per point of the attention ablation")
+def add_common_arguments(ap):
+    """The model, cache budgets, threads and streams: what the real-model benchmarks share."""
     ap.add_argument("--model", default="smollm2")
-    ap.add_argument("--embedder", choices=("minilm", "hashing"), default="minilm")
     ap.add_argument("--gpu-mb", type=int, default=1024, help="KV budget of the gpu tier (MiB)")
     ap.add_argument("--host-mb", type=int, default=4096, help="KV budget of the host tier (MiB)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--streams", default="norepeat,bundled")
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--queries", type=int, default=100)
+    ap.add_argument("--passes", type=int, default=3)
+    ap.add_argument("--repeats", type=int, default=5, help="repeats per point of the attention ablation")
+    add_common_arguments(ap)
+    ap.add_argument("--embedder", choices=("minilm", "hashing"), default="minilm")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
 
