@@ -41,7 +41,10 @@ class MiniLMEmbedder:
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         from sentence_transformers import SentenceTransformer
 
-        self.model = SentenceTransformer(str(minilm_model_dir()), device=device, local_files_only=True)
+        from hyperrag.progress import quiet_dependencies, status
+
+        with status("loading all-MiniLM-L6-v2"), quiet_dependencies():
+            self.model = SentenceTransformer(str(minilm_model_dir()), device=device, local_files_only=True)
         self.batch_size = batch_size
         self.dim = int(self.model.get_embedding_dimension())
 

@@ -12,7 +12,7 @@ Thread-safety: searches only read the indexes and may run from many threads.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterator, Optional, Sequence
+from typing import Iterator, List, Optional, Sequence
 
 import numpy as np
 
@@ -25,11 +25,15 @@ class SearchResult:
     final: bool = True     # False for interim stages of search_staged
 
 
+EMBED_CHUNK = 256  # documents per embedder call: the bar moves, and batches stay the embedder's size
+
+
 class FaissRetriever:
     """Inner-product retrieval over a fixed set of documents."""
 
     def __init__(self, embedder, texts: Sequence[str], doc_ids: Optional[Sequence[str]] = None,
-                 nlist: Optional[int] = None, seed: int = 0):
+                 nlist: Optional[int] = None, seed: int = 0, progress: bool = True):
+        """progress: a bar on stderr while the corpus is embedded (shown on a terminal only)."""
         import faiss
 
         if len(texts) == 0:
@@ -44,7 +48,7 @@ class FaissRetriever:
         if not 1 <= self.nlist <= n:
             raise ValueError(f"nlist must be in [1, {n}] (the number of documents), got {self.nlist}")
         self.embedder = embedder
-        vectors = self._as_matrix(embedder.encode(list(texts)))
+        vectors = self._embed_corpus(list(texts), progress)
         self.dim = vectors.shape[1]
         self.flat = faiss.IndexFlatIP(self.dim)
         self.flat.add(vectors)
@@ -54,6 +58,16 @@ class FaissRetriever:
         self.ivf.cp.min_points_per_centroid = 1  # small corpora: train on what there is, quietly
         self.ivf.train(vectors)
         self.ivf.add(vectors)
+
+    def _embed_corpus(self, texts: List[str], progress: bool) -> np.ndarray:
+        from hyperrag.progress import bar
+
+        parts = []
+        with bar("embedding the corpus", len(texts), progress) as shown:
+            for lo in range(0, len(texts), EMBED_CHUNK):
+                parts.append(self._as_matrix(self.embedder.encode(texts[lo:lo + EMBED_CHUNK])))
+                shown.advance(len(parts[-1]))
+        return np.concatenate(parts)
 
     def _as_matrix(self, vectors) -> np.ndarray:
         return np.ascontiguousarray(np.atleast_2d(np.asarray(vectors, dtype=np.float32)))
