@@ -4,7 +4,9 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <exception>
 #include <memory>
+#include <optional>
 #include <string>
 #include <unordered_map>
 
@@ -126,7 +128,13 @@ class PyTransferEngine {
     keep_.clear();
   }
 
-  std::uint64_t submit(const py::sequence& copies) {
+  std::uint64_t submit(const py::sequence& copies, const py::object& stream) {
+    std::optional<std::uintptr_t> after_stream;
+    if (!stream.is_none()) {
+      const std::int64_t handle = to_int64(stream, "stream");
+      if (handle < 0) throw py::value_error("stream must be a CUDA stream handle >= 0 (0: the default stream), got " + std::to_string(handle));
+      after_stream = static_cast<std::uintptr_t>(handle);
+    }
     const bool device_ok = std::string(engine_->backend_name()) == "cuda";
     std::vector<hyperrag::CopyOp> ops;
     std::vector<std::unique_ptr<Region>> regions;
@@ -147,7 +155,7 @@ class PyTransferEngine {
     std::uint64_t ticket;
     {
       py::gil_scoped_release release;
-      ticket = engine_->submit(std::move(ops));
+      ticket = engine_->submit(std::move(ops), after_stream);
     }
     if (!regions.empty()) keep_[ticket] = std::move(regions);
     return ticket;
@@ -162,11 +170,17 @@ class PyTransferEngine {
 
   void wait(py::handle ticket_arg) {
     const std::uint64_t ticket = to_uint64(ticket_arg, "ticket");
+    std::exception_ptr failure;  // a failed batch is finished too: release its objects, then raise
     {
       py::gil_scoped_release release;
-      engine_->wait(ticket);
+      try {
+        engine_->wait(ticket);
+      } catch (...) {
+        failure = std::current_exception();
+      }
     }
     keep_.erase(ticket);
+    if (failure) std::rethrow_exception(failure);
   }
 
   void wait_all() {
@@ -303,13 +317,14 @@ whatever is written there next).)doc")
       .def_readonly("bytes", &hyperrag::TransferStats::bytes)
       .def_readonly("copies", &hyperrag::TransferStats::copies)
       .def_readonly("batches", &hyperrag::TransferStats::batches)
+      .def_readonly("failed", &hyperrag::TransferStats::failed, "Batches that ended in an error.")
       .def_readonly("pending", &hyperrag::TransferStats::pending)
       .def_readonly("busy_seconds", &hyperrag::TransferStats::busy_seconds,
                     "Wall time with at least one batch in flight.")
       .def_property_readonly("gbps", &hyperrag::TransferStats::gbps, "bytes / busy_seconds / 1e9")
       .def("__repr__", [](const hyperrag::TransferStats& s) {
         return "TransferStats(bytes=" + std::to_string(s.bytes) + ", copies=" + std::to_string(s.copies) +
-               ", batches=" + std::to_string(s.batches) + ", pending=" + std::to_string(s.pending) +
+               ", batches=" + std::to_string(s.batches) + ", failed=" + std::to_string(s.failed) + ", pending=" + std::to_string(s.pending) +
                ", busy_seconds=" + std::to_string(s.busy_seconds) + ", gbps=" + std::to_string(s.gbps()) + ")";
       });
 
@@ -320,9 +335,15 @@ else cpu), 'cpu' (worker threads) or 'cuda' (streams). Thread-safe.
 submit(copies) takes (dst, src, nbytes) tuples; dst/src are numpy arrays, bytes-like
 objects, torch tensors (kept alive until the ticket completes) or raw int addresses
 (trusted: the caller keeps that memory alive). Tickets are 1, 2, ...; poll/wait on a
-number never issued raises ValueError.)doc")
+number never issued raises ValueError. wait() raises RuntimeError naming the device
+error if the batch failed on the device; poll() only says it finished.
+
+stream (cuda backend only): a CUDA stream handle as an int, e.g.
+torch.cuda.current_stream().cuda_stream (0 is the default stream). The copies start
+after the work already queued on that stream, so a tensor torch is still producing
+is copied once it is ready.)doc")
       .def(py::init<py::handle, py::handle>(), py::arg("threads") = 2, py::arg("backend") = "auto")
-      .def("submit", &PyTransferEngine::submit, py::arg("copies"))
+      .def("submit", &PyTransferEngine::submit, py::arg("copies"), py::arg("stream") = py::none())
       .def("poll", &PyTransferEngine::poll, py::arg("ticket"))
       .def("wait", &PyTransferEngine::wait, py::arg("ticket"))
       .def("wait_all", &PyTransferEngine::wait_all)

@@ -15,23 +15,30 @@ bool overlaps(const CopyOp& op) {
 }
 }  // namespace
 
-TransferEngine::TransferEngine(int threads, Backend backend) : threads_(threads) {
+namespace {
+void check_threads(int threads) {
   if (threads < 1 || threads > 256) {
     throw std::invalid_argument("threads must be in [1, 256], got " + std::to_string(threads));
   }
+}
+}  // namespace
+
+TransferEngine::TransferEngine(int threads, Backend backend) : threads_(threads) {
+  check_threads(threads);
   if (backend == Backend::kAuto) backend = cuda_device_count() > 0 ? Backend::kCuda : Backend::kCpu;
   if (backend == Backend::kCuda) {
     if (!cuda_compiled()) throw std::runtime_error("backend 'cuda': this build has no CUDA backend (nvcc was not found)");
     if (cuda_device_count() == 0) throw std::runtime_error("backend 'cuda': no CUDA device is available");
   }
   backend_ = backend;
-#ifdef HYPERRAG_WITH_CUDA
-  if (backend == Backend::kCuda) {
-    impl_ = detail::make_cuda_backend(threads);
-    return;
-  }
-#endif
-  impl_ = detail::make_cpu_backend(threads);
+  impl_ = backend == Backend::kCuda ? detail::make_cuda_backend(threads, cuda_runtime()) : detail::make_cpu_backend(threads);
+}
+
+TransferEngine::TransferEngine(int threads, std::shared_ptr<DeviceRuntime> runtime)
+    : threads_(threads), backend_(Backend::kCuda) {
+  check_threads(threads);
+  if (!runtime) throw std::invalid_argument("TransferEngine: runtime is null");
+  impl_ = detail::make_cuda_backend(threads, std::move(runtime));
 }
 
 TransferEngine::~TransferEngine() {
@@ -39,7 +46,10 @@ TransferEngine::~TransferEngine() {
   impl_.reset();  // joins workers / destroys streams while members are still alive
 }
 
-std::uint64_t TransferEngine::submit(std::vector<CopyOp> ops) {
+std::uint64_t TransferEngine::submit(std::vector<CopyOp> ops, std::optional<std::uintptr_t> after_stream) {
+  if (after_stream && backend_ != Backend::kCuda) {
+    throw std::invalid_argument("stream: only the cuda backend orders copies after a CUDA stream (this engine is cpu)");
+  }
   std::size_t total = 0;
   for (std::size_t i = 0; i < ops.size(); ++i) {
     const CopyOp& op = ops[i];
@@ -60,9 +70,10 @@ std::uint64_t TransferEngine::submit(std::vector<CopyOp> ops) {
   }
   std::shared_ptr<detail::PendingBatch> batch;
   try {
-    batch = impl_->start(std::move(ops), total, [this, ticket] { complete(ticket); });
+    batch = impl_->start(std::move(ops), total, after_stream,
+                         [this, ticket](const std::string& error) { complete(ticket, error); });
   } catch (...) {
-    // The backend could not start the batch (a CUDA error): forget the ticket.
+    // The backend could not start the batch and left nothing running: forget the ticket.
     std::lock_guard<std::mutex> lock(mu_);
     pending_.erase(ticket);
     if (--in_flight_ == 0) stats_.busy_seconds += std::chrono::duration<double>(Clock::now() - busy_since_).count();
@@ -72,15 +83,21 @@ std::uint64_t TransferEngine::submit(std::vector<CopyOp> ops) {
   std::lock_guard<std::mutex> lock(mu_);
   auto it = pending_.find(ticket);
   if (it != pending_.end()) it->second.batch = std::move(batch);  // else it already completed
+  cv_.notify_all();  // a waiter may be waiting for the batch to be stored
   return ticket;
 }
 
-void TransferEngine::complete(std::uint64_t ticket) {
+void TransferEngine::complete(std::uint64_t ticket, const std::string& error) {
   std::lock_guard<std::mutex> lock(mu_);
   auto it = pending_.find(ticket);
-  stats_.bytes += it->second.bytes;
-  stats_.copies += it->second.copies;
-  stats_.batches += 1;
+  if (error.empty()) {
+    stats_.bytes += it->second.bytes;
+    stats_.copies += it->second.copies;
+    stats_.batches += 1;
+  } else {
+    stats_.failed += 1;
+    failed_.emplace(ticket, error);
+  }
   pending_.erase(it);
   if (--in_flight_ == 0) {
     stats_.busy_seconds += std::chrono::duration<double>(Clock::now() - busy_since_).count();
@@ -96,30 +113,50 @@ void TransferEngine::check_ticket(std::uint64_t ticket) const {
 }
 
 bool TransferEngine::poll(std::uint64_t ticket) {
-  std::lock_guard<std::mutex> lock(mu_);
-  check_ticket(ticket);
-  return pending_.count(ticket) == 0;
-}
-
-void TransferEngine::wait(std::uint64_t ticket) {
   std::shared_ptr<detail::PendingBatch> batch;
   {
     std::lock_guard<std::mutex> lock(mu_);
     check_ticket(ticket);
     auto it = pending_.find(ticket);
-    if (it == pending_.end()) return;
+    if (it == pending_.end()) return true;
     batch = it->second.batch;  // null while submit() is still starting it
   }
-  if (batch) batch->assist();
+  if (batch) batch->progress();
+  std::lock_guard<std::mutex> lock(mu_);
+  return pending_.count(ticket) == 0;
+}
+
+void TransferEngine::finish(std::unique_lock<std::mutex>& lock, std::uint64_t ticket) {
+  for (;;) {
+    auto it = pending_.find(ticket);
+    if (it == pending_.end()) return;
+    std::shared_ptr<detail::PendingBatch> batch = it->second.batch;
+    if (!batch) {
+      cv_.wait(lock);  // submit() is still starting it and notifies once it is stored
+      continue;
+    }
+    lock.unlock();
+    batch->assist();
+    lock.lock();
+    // assist() returned: done() ran or is running on another thread.
+    cv_.wait(lock, [&] { return pending_.count(ticket) == 0; });
+  }
+}
+
+void TransferEngine::wait(std::uint64_t ticket) {
   std::unique_lock<std::mutex> lock(mu_);
-  cv_.wait(lock, [&] { return pending_.count(ticket) == 0; });
+  check_ticket(ticket);
+  finish(lock, ticket);
+  auto failed = failed_.find(ticket);
+  if (failed != failed_.end()) {
+    throw std::runtime_error("transfer ticket " + std::to_string(ticket) + " failed: " + failed->second);
+  }
 }
 
 void TransferEngine::wait_all() {
   std::unique_lock<std::mutex> lock(mu_);
-  cv_.wait(lock, [&] { return pending_.empty(); });
+  while (!pending_.empty()) finish(lock, pending_.begin()->first);
 }
-
 TransferStats TransferEngine::stats() const {
   std::lock_guard<std::mutex> lock(mu_);
   TransferStats s = stats_;

@@ -35,7 +35,7 @@ void copy_range(const std::vector<CopyOp>& ops, const std::vector<std::size_t>& 
 
 class CpuBatch : public PendingBatch {
  public:
-  CpuBatch(std::vector<CopyOp> ops, std::size_t total, std::size_t slices, std::function<void()> done)
+  CpuBatch(std::vector<CopyOp> ops, std::size_t total, std::size_t slices, DoneFn done)
       : ops_(std::move(ops)), done_(std::move(done)), total_(total), slices_(slices) {
     ends_.reserve(ops_.size());
     std::size_t end = 0;
@@ -52,7 +52,7 @@ class CpuBatch : public PendingBatch {
     const std::size_t begin = s * slice_bytes_;
     copy_range(ops_, ends_, begin, std::min(total_, begin + slice_bytes_));
     // acq_rel: the thread finishing the last slice sees every other slice's copies.
-    if (finished_.fetch_add(1, std::memory_order_acq_rel) + 1 == slices_) done_();
+    if (finished_.fetch_add(1, std::memory_order_acq_rel) + 1 == slices_) done_({});
     return true;
   }
 
@@ -64,13 +64,13 @@ class CpuBatch : public PendingBatch {
   // Copies the whole batch on the calling thread.
   void run_all() {
     copy_range(ops_, ends_, 0, total_);
-    done_();
+    done_({});
   }
 
  private:
   std::vector<CopyOp> ops_;
   std::vector<std::size_t> ends_;  // ends_[i]: byte offset just past op i in the stream
-  std::function<void()> done_;
+  DoneFn done_;
   std::size_t total_;
   std::size_t slices_;
   std::size_t slice_bytes_;
@@ -93,8 +93,8 @@ class CpuBackend : public TransferBackend {
     for (auto& t : workers_) t.join();
   }
 
-  std::shared_ptr<PendingBatch> start(std::vector<CopyOp> ops, std::size_t total,
-                                      std::function<void()> done) override {
+  std::shared_ptr<PendingBatch> start(std::vector<CopyOp> ops, std::size_t total, std::optional<std::uintptr_t>,
+                                      DoneFn done) override {
     const std::size_t slices =
         std::max<std::size_t>(1, std::min(total / kMinSlice, threads_ * kSlicesPerThread));
     auto batch = std::make_shared<CpuBatch>(std::move(ops), total, slices, std::move(done));

@@ -159,6 +159,7 @@ class TransferStats:
     bytes: int
     copies: int
     batches: int
+    failed: int   # batches that ended in an error (counted in none of the above)
     pending: int
     busy_seconds: float
     @property
@@ -167,9 +168,13 @@ class TransferStats:
 class TransferEngine:
     """Batched asynchronous copies with tickets on CPU threads or CUDA streams."""
     def __init__(self, threads: int = 2, backend: str = "auto") -> None: ...
-    def submit(self, copies: Sequence[Tuple[Union[int, _Buffer], Union[int, _Buffer], int]]) -> int: ...
+    def submit(self, copies: Sequence[Tuple[Union[int, _Buffer], Union[int, _Buffer], int]],
+               stream: Optional[int] = None) -> int:
+        """stream (cuda backend only): copies start after the work already queued on
+        that CUDA stream handle, e.g. torch.cuda.current_stream().cuda_stream."""
     def poll(self, ticket: int) -> bool: ...
-    def wait(self, ticket: int) -> None: ...
+    def wait(self, ticket: int) -> None:
+        """Blocks until the ticket completes; RuntimeError naming the device error if it failed."""
     def wait_all(self) -> None: ...
     def stats(self) -> TransferStats: ...
     @property
