@@ -7,6 +7,8 @@ import torch
 
 from hyperrag.cache.storage import (
     BlockPool,
+    DevicePool,
+    KVCache,
     PoolExhaustedError,
     TransferEngine,
     cuda_compiled,
@@ -200,6 +202,40 @@ def test_cuda_build_without_device_runs_on_cpu():
     pool.write(ids, src)
     eng.wait(eng.submit([(dst[k << 20:], pool.address(i), 1 << 20) for k, i in enumerate(ids)]))
     np.testing.assert_array_equal(dst, src)
+
+
+@pytest.mark.skipif(cuda_device_count() > 0, reason="a CUDA device is present: the gpu tier is device memory")
+def test_without_a_device_the_gpu_tier_is_host_memory():
+    with pytest.raises(RuntimeError, match="DevicePool needs a CUDA device"):
+        DevicePool(64 << 10, 4, 2)
+    cache = KVCache({"gpu": 1 << 20, "host": 4 << 20}, policy="lru")
+    assert cache.gpu_on_device is False
+    cache.put("ns", ["a"], [8], [100 << 10])
+    node = cache.match("ns", ["a"]).node_ids[0]
+    stats = cache.storage_stats()
+    assert stats["gpu"]["device"] is False and stats["gpu"]["blocks_used"] == 2
+    assert bytes(cache.get(node)) == bytes(cache.get(node))  # readable host bytes
+    with pytest.raises(RuntimeError, match="gpu_device=True: no CUDA device is available"):
+        KVCache({"gpu": 1 << 20}, policy="lru", gpu_device=True)
+    with pytest.raises(RuntimeError, match="gpu_device=True: there is no gpu tier"):
+        KVCache({"host": 1 << 20}, policy="lru", gpu_device=True)
+    with pytest.raises(TypeError, match="gpu_device must be None"):
+        KVCache({"gpu": 1 << 20}, policy="lru", gpu_device="yes")
+
+
+def test_engine_stream_argument():
+    eng = TransferEngine(backend="cpu")
+    src = pattern(100, 1)
+    dst = np.zeros_like(src)
+    with pytest.raises(ValueError, match="only the cuda backend orders copies after a CUDA stream"):
+        eng.submit([(dst, src, 100)], stream=0)
+    with pytest.raises(ValueError, match="stream must be a CUDA stream handle >= 0"):
+        eng.submit([(dst, src, 100)], stream=-1)
+    with pytest.raises(TypeError, match="stream"):
+        eng.submit([(dst, src, 100)], stream="s")
+    eng.wait(eng.submit([(dst, src, 100)], stream=None))
+    np.testing.assert_array_equal(dst, src)
+    assert eng.stats().failed == 0
 
 
 @pytest.mark.parametrize("n", [0, 1, 4097, 64 << 10, (64 << 10) + 1, (3 << 20) + 5])

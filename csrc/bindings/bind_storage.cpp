@@ -13,11 +13,13 @@
 #include "convert.h"
 #include "hyperrag/block_pool.h"
 #include "hyperrag/device.h"
+#include "hyperrag/device_runtime.h"
 #include "hyperrag/transfer_engine.h"
 
 namespace py = pybind11;
 using hyperrag::BlockId;
 using hyperrag::BlockPool;
+using hyperrag::DevicePool;
 using hyperrag::TransferEngine;
 using hyperrag::bindings::to_int64;
 using hyperrag::bindings::to_int64s;
@@ -311,6 +313,76 @@ whatever is written there next).)doc")
         return "BlockPool(block_bytes=" + std::to_string(p.block_bytes()) + ", num_blocks=" +
                std::to_string(p.num_blocks()) + ", used_blocks=" + std::to_string(p.used_blocks()) +
                ", pinned=" + (p.pinned() ? "True" : "False") + ")";
+      });
+
+  py::class_<DevicePool>(m, "DevicePool", R"doc(
+Fixed-size blocks of GPU memory (cudaMalloc), in segments of segment_blocks
+allocated only when allocate() needs them, never more than budget_blocks in all.
+Needs a CUDA device (RuntimeError otherwise: without one the gpu tier is host
+memory). write/read copy between host buffers and the blocks synchronously;
+address(id) is a device pointer for TransferEngine (backend 'cuda'). Thread-safe
+as BlockPool.)doc")
+      .def(py::init([](py::handle block_bytes, py::handle budget_blocks, py::handle segment_blocks) {
+             const auto bb = positive(block_bytes, "block_bytes");
+             const auto budget = positive(budget_blocks, "budget_blocks");
+             const auto seg = positive(segment_blocks, "segment_blocks");
+             auto rt = hyperrag::cuda_runtime();
+             if (!rt || rt->device_count() == 0) {
+               throw std::runtime_error(std::string("DevicePool needs a CUDA device; ") +
+                                        (rt ? "none is available" : "this build has no CUDA backend") +
+                                        " (without one the gpu tier is host memory)");
+             }
+             return std::make_unique<DevicePool>(std::move(rt), bb, budget, seg);
+           }),
+           py::arg("block_bytes"), py::arg("budget_blocks"), py::arg("segment_blocks"))
+      .def(
+          "allocate",
+          [](DevicePool& pool, py::handle n) {
+            const auto count = non_negative(n, "n");
+            py::gil_scoped_release release;
+            return pool.allocate(count);
+          },
+          py::arg("n"), "n free block ids, growing by segments; PoolExhaustedError past the budget or device memory.")
+      .def(
+          "free", [](DevicePool& pool, py::handle ids) { pool.free(checked_ids(ids, "ids")); }, py::arg("ids"))
+      .def(
+          "write",
+          [](DevicePool& pool, py::handle ids, py::handle buffer) {
+            Region src(buffer, false, false, "buffer");
+            const auto blocks = checked_ids(ids, "ids");
+            py::gil_scoped_release release;
+            pool.write(blocks, src.ptr(), src.nbytes());
+          },
+          py::arg("ids"), py::arg("buffer"), "Copy a host buffer into the blocks, in order (as BlockPool.write).")
+      .def(
+          "read",
+          [](DevicePool& pool, py::handle ids, py::handle out) {
+            Region dst(out, true, false, "out");
+            const auto blocks = checked_ids(ids, "ids");
+            py::gil_scoped_release release;
+            pool.read(blocks, dst.ptr(), dst.nbytes());
+          },
+          py::arg("ids"), py::arg("out"), "Copy the blocks, in order, into a writable host buffer of the same size.")
+      .def(
+          "address", [](DevicePool& pool, py::handle id) { return reinterpret_cast<std::uintptr_t>(pool.data(to_int64(id, "id"))); },
+          py::arg("id"), "Device address of an allocated block (for TransferEngine.submit).")
+      .def("is_allocated", [](const DevicePool& pool, py::handle id) { return pool.is_allocated(to_int64(id, "id")); },
+           py::arg("id"))
+      .def(
+          "blocks_for", [](const DevicePool& pool, py::handle nbytes) { return pool.blocks_for(non_negative(nbytes, "nbytes")); },
+          py::arg("nbytes"))
+      .def_property_readonly("block_bytes", &DevicePool::block_bytes)
+      .def_property_readonly("budget_blocks", &DevicePool::budget_blocks)
+      .def_property_readonly("segment_blocks", &DevicePool::segment_blocks)
+      .def_property_readonly("num_blocks", &DevicePool::num_blocks, "Blocks in the segments allocated so far.")
+      .def_property_readonly("segments", &DevicePool::segments)
+      .def_property_readonly("used_blocks", &DevicePool::used_blocks)
+      .def_property_readonly("free_blocks", &DevicePool::free_blocks, "budget_blocks - used_blocks")
+      .def_property_readonly("used_bytes", [](const DevicePool& p) { return p.used_blocks() * p.block_bytes(); })
+      .def("__repr__", [](const DevicePool& p) {
+        return "DevicePool(block_bytes=" + std::to_string(p.block_bytes()) + ", budget_blocks=" +
+               std::to_string(p.budget_blocks()) + ", segments=" + std::to_string(p.segments()) +
+               ", used_blocks=" + std::to_string(p.used_blocks()) + ")";
       });
 
   py::class_<hyperrag::TransferStats>(m, "TransferStats", "Totals over completed batches.")

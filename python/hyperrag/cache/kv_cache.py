@@ -28,7 +28,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
-from .._core import BlockPool, CapacityError, TransferEngine, UnknownNodeError
+from .._core import BlockPool, CapacityError, DevicePool, TransferEngine, UnknownNodeError, cuda_device_count
 from .tree import KnowledgeTree
 
 TIER_ORDER = ("gpu", "host", "remote")
@@ -169,6 +169,38 @@ class _TierStore:
             "blocks_used": used,
             "bytes_used": used * self.block_bytes,
             "pinned": self.pools[0].pinned if self.pools else bool(self.pinned),
+            "device": False,
+        }
+
+
+class _DeviceTierStore(_TierStore):
+    """The gpu tier in GPU memory: one DevicePool that cudaMallocs segments as nodes
+    arrive. Its budget is twice the tier's stored capacity, because a request's bytes
+    are staged before its evictions free room; rounding each node up to whole blocks
+    counts against it, so past the budget allocation fails as StorageError."""
+
+    def __init__(self, capacity_bytes: int, block_bytes: int, storage_scale: int):
+        self.block_bytes = block_bytes
+        blocks = math.ceil(max(1, capacity_bytes // storage_scale) / block_bytes)
+        segment = max(1, min(blocks, SEGMENT_BYTES // block_bytes))
+        self.pools = [DevicePool(block_bytes, 2 * blocks, segment)]
+
+    def allocate(self, nbytes: int) -> _Blocks:
+        pool = self.pools[0]
+        try:
+            return _Blocks([(pool, pool.allocate(-(-nbytes // self.block_bytes)))], nbytes)
+        except MemoryError as e:
+            raise StorageError(f"cannot allocate {nbytes} bytes of KV storage on the GPU: {e}") from e
+
+    def stats(self) -> dict:
+        pool = self.pools[0]
+        return {
+            "segments": pool.segments,
+            "blocks_total": pool.num_blocks,
+            "blocks_used": pool.used_blocks,
+            "bytes_used": pool.used_bytes,
+            "pinned": False,
+            "device": True,
         }
 
 
@@ -203,10 +235,14 @@ class KVCache:
     capacities / policy / profile go to the tree (any non-empty subset of gpu,
     host, remote). Pools hold logical bytes divided by `storage_scale` (a node of
     doc_bytes stores doc_bytes // storage_scale bytes), so a simulated multi-GiB
-    budget moves real but small blocks. Every tier is host memory here (the
-    "gpu" tier too: there is no device pool yet), so capacities whose stored
-    bytes exceed this machine's memory are refused. `tree_cls` may name another
-    class with the KnowledgeTree API (e.g. the pure-Python reference tree).
+    budget moves real but small blocks. The "gpu" tier is GPU memory (a
+    DevicePool) only when a CUDA device exists and the engine's backend is cuda;
+    otherwise it is host memory like the others (`gpu_on_device` says which).
+    gpu_device=None picks that automatically, True requires a device
+    (RuntimeError otherwise), False keeps the gpu tier in host memory. Capacities
+    whose host-memory tiers exceed this machine's memory are refused. `tree_cls`
+    may name another class with the KnowledgeTree API (e.g. the pure-Python
+    reference tree).
     """
 
     def __init__(
@@ -220,6 +256,7 @@ class KVCache:
         backend: str = "auto",
         pinned: bool | None = None,
         tree_cls: type | None = None,
+        gpu_device: bool | None = None,
     ):
         for name, value in (("block_bytes", block_bytes), ("storage_scale", storage_scale)):
             if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
@@ -230,11 +267,14 @@ class KVCache:
         self.storage_scale = storage_scale
         self.block_bytes = block_bytes
         self.tiers = [t for t in TIER_ORDER if t in capacities]
+        self.engine = TransferEngine(threads=transfer_threads, backend=backend)
+        self.gpu_on_device = self._gpu_on_device(gpu_device)
         self._check_memory(capacities)
         self._stores = {
-            t: _TierStore(int(capacities[t]), block_bytes, storage_scale, pinned) for t in self.tiers
+            t: _DeviceTierStore(int(capacities[t]), block_bytes, storage_scale) if t == "gpu" and self.gpu_on_device
+            else _TierStore(int(capacities[t]), block_bytes, storage_scale, pinned)
+            for t in self.tiers
         }
-        self.engine = TransferEngine(threads=transfer_threads, backend=backend)
         self._blocks: Dict[int, Dict[str, _Blocks]] = {}  # node id -> tier -> blocks
         self._lost: set = set()   # nodes whose bytes a failed demotion lost, still to be dropped
         self._errors = 0          # nodes dropped because their bytes could not be moved
@@ -242,10 +282,24 @@ class KVCache:
         self._versions_pruned_at = 0
         self._lock = threading.RLock()
 
+    def _gpu_on_device(self, gpu_device: bool | None) -> bool:
+        """Whether the gpu tier lives in GPU memory: it needs a device, and the cuda
+        engine, since only that one can copy to and from device addresses."""
+        if gpu_device is not None and not isinstance(gpu_device, bool):
+            raise TypeError(f"gpu_device must be None (auto), True or False, got {type(gpu_device).__name__}")
+        possible = "gpu" in self.tiers and cuda_device_count() > 0 and self.engine.backend == "cuda"
+        if gpu_device and not possible:
+            why = ("there is no gpu tier" if "gpu" not in self.tiers else
+                   "no CUDA device is available" if cuda_device_count() == 0 else
+                   f"the transfer engine's backend is {self.engine.backend!r}, not 'cuda'")
+            raise RuntimeError(f"gpu_device=True: {why}")
+        return possible if gpu_device is None else gpu_device
+
     def _check_memory(self, capacities: Mapping[str, int]) -> None:
-        """Refuse capacities this machine could never hold, naming each tier."""
+        """Refuse host-memory capacities this machine could never hold, naming each tier."""
         have = _host_memory_bytes()
-        stored = {t: int(capacities[t]) // self.storage_scale for t in self.tiers}
+        stored = {t: int(capacities[t]) // self.storage_scale for t in self.tiers
+                  if not (t == "gpu" and self.gpu_on_device)}
         if have is not None and sum(stored.values()) > have:
             parts = ", ".join(f"{t}={n} bytes" for t, n in stored.items())
             raise ValueError(
@@ -413,7 +467,8 @@ class KVCache:
             return out
 
     def storage_stats(self) -> dict:
-        """Per tier: segments, blocks_total, blocks_used, bytes_used, pinned; 'errors':
+        """Per tier: segments, blocks_total, blocks_used, bytes_used, pinned, device
+        (True when the tier's blocks are GPU memory); 'errors':
         nodes dropped because a move of their bytes failed; 'transfer': the
         TransferEngine's TransferStats."""
         with self._lock:

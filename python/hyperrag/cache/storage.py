@@ -1,10 +1,11 @@
 """KV block storage: native block pools, the async transfer engine, and KVCache.
 
-`BlockPool` and `TransferEngine` come from the native core (`hyperrag._core`);
+`BlockPool`, `DevicePool` and `TransferEngine` come from the native core (`hyperrag._core`);
 `KVCache` joins them with the knowledge tree (see docs/cache_api.md).
 """
 from .._core import (
     BlockPool,
+    DevicePool,
     PoolExhaustedError,
     TransferEngine,
     TransferStats,
@@ -15,6 +16,7 @@ from .kv_cache import KVCache, StorageError, filler_payload
 
 __all__ = [
     "BlockPool",
+    "DevicePool",
     "KVCache",
     "PoolExhaustedError",
     "StorageError",
