@@ -124,17 +124,17 @@ def frontier_png(results, path):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, len(results), figsize=(6 * len(results), 4.6), squeeze=False)
+    fig, axes = plt.subplots(1, len(results), figsize=(max(9, 6 * len(results)), 5.2), squeeze=False)
     for ax, (stream, res) in zip(axes[0], results.items()):
         exact = res["exact"]["mean_s"]
-        for name, s in res.items():
+        for k, (name, s) in enumerate(res.items()):
             if name == "prefix_cache":
                 continue
             speedup = exact / s["mean_s"]
             marker = "o" if "@" in name else ("s" if name == "exact" else "^")
             ax.scatter(speedup, 100 * s["first_token_agreement"], marker=marker, s=50)
             ax.annotate(name, (speedup, 100 * s["first_token_agreement"]), textcoords="offset points",
-                        xytext=(5, 4), fontsize=8)
+                        xytext=(5, 4 if k % 2 else -11), fontsize=8)  # alternate: neighbours' labels apart
         ax.axhline(95, color="grey", lw=0.8, ls="--")
         ax.axvline(2, color="grey", lw=0.8, ls="--")
         ax.set_xlabel("mean TTFT speed-up over exact reuse (x, higher is faster)")
@@ -142,7 +142,7 @@ def frontier_png(results, path):
         ax.set_title(f"{stream}: target is the top right of the dashed lines")
         ax.grid(alpha=0.3)
     fig.suptitle("Approximate reuse on SmolLM2-135M (CPU): speed vs agreement with a full prefill\n"
-                 "policy@budget = recompute policy and share of re-positioned tokens recomputed")
+                 "policy@budget = recompute policy and share of re-positioned tokens recomputed", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
