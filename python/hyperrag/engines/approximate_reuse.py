@@ -93,8 +93,8 @@ class _ProbeDone(Exception):
 def prefill(engine, request, prompt, reuse: ApproximateReuse):
     """Serve ``request`` (cached: position-independent forms of the segments
     ``request.cached_segments``) as the module docstring says. Returns (cache ready for
-    decode, first-token logits, seconds spent reading cached payloads, [(segment id,
-    callable giving its form)] for the segments not cached, cached tokens recomputed).
+    decode, first-token logits, seconds spent reading cached payloads, callables giving
+    the DocumentKV form of each segment not cached, cached tokens recomputed).
     The callables run after the first token: the forms they give are what the cache
     stores. The caller holds the engine's lock and inference mode."""
     import time
@@ -126,10 +126,6 @@ def prefill(engine, request, prompt, reuse: ApproximateReuse):
     def cache_of(kv):  # [layers, 2, heads, tokens, dim] -> a DynamicCache holding it
         return dynamic_cache(model, [(kv[layer, 0][None], kv[layer, 1][None]) for layer in range(engine.num_layers)])
 
-    def stacked(cache, start, stop):
-        return torch.stack([torch.stack([layer.keys[0, :, start:stop], layer.values[0, :, start:stop]])
-                            for layer in cache.layers])
-
     # The context: each cached segment where the prompt puts it (keys re-rotated); a
     # missing segment is a placeholder that the mask hides until it is computed.
     shape = (engine.num_layers, 2, engine.num_kv_heads)
@@ -143,14 +139,13 @@ def prefill(engine, request, prompt, reuse: ApproximateReuse):
 
     # Which reused tokens to recompute (missing segments are computed whole).
     chosen = []
-    approximated = sum(lengths[i] for i in moved)
     if reuse.policy == "first_k":
         chosen = first_tokens([(starts[i], lengths[i]) for i in moved], reuse.budget)
-    elif reuse.policy == "deviation" and approximated:
-        stale = torch.zeros(total, dtype=torch.bool)
+    elif reuse.policy == "deviation" and moved:
+        movable = torch.zeros(total, dtype=torch.bool)
         for i in moved:
-            stale[starts[i]:starts[i] + lengths[i]] = True
-        chosen = _deviating_tokens(engine, prompt, context, offset, stale, reuse, cache_of(forms[0]) if fixed
+            movable[starts[i]:starts[i] + lengths[i]] = True
+        chosen = _deviating_tokens(engine, prompt, context, offset, movable, reuse, cache_of(forms[0]) if fixed
                                    else dynamic_cache(model), run)
     recompute = sorted(set(chosen).union(*(range(starts[i], starts[i] + lengths[i]) for i in missing)))
     # A recomputed run that reaches the end of the context is a plain prefill on top of
@@ -191,16 +186,18 @@ def prefill(engine, request, prompt, reuse: ApproximateReuse):
     # stand; a later document is computed again on the system prompt alone, after the
     # first token.
     def form(i):
+        segment_id = prompt.segment_ids[i]
         if i <= fixed:
-            return lambda: stacked(cache, starts[i], starts[i] + lengths[i])
+            return lambda: engine._extract(cache, segment_id, starts[i], lengths[i])
 
-        def alone():
-            doc = cache_of(stacked(cache, 0, offset)) if fixed else dynamic_cache(model)
+        def alone():  # the system prompt's KV as it stands (exact); the model never writes into it
+            doc = dynamic_cache(model, [(layer.keys[:, :, :offset], layer.values[:, :, :offset])
+                                        for layer in cache.layers] if fixed else ())
             run(list(prompt.token_ids[i]), range(offset, offset + lengths[i]), doc)
-            return stacked(doc, offset, offset + lengths[i])
+            return engine._extract(doc, segment_id, offset, lengths[i])
         return alone
 
-    pending = [(prompt.segment_ids[i], form(i)) for i in missing]
+    pending = [form(i) for i in missing]
     return cache, out.logits[0, -1].float(), load_seconds, pending, len(chosen)
 
 

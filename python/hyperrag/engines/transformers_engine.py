@@ -163,9 +163,8 @@ class TransformersEngine(Engine):
             if request.reuse is None:
                 cache, logits, load_seconds, pending = self._prefill_exact(request, prompt, chunked)
             else:
-                cache, logits, load_seconds, forms, recomputed = approximate_reuse.prefill(
+                cache, logits, load_seconds, pending, recomputed = approximate_reuse.prefill(
                     self, request, prompt, request.reuse)
-                pending = [lambda seg=seg, form=form: self._document(seg, form()) for seg, form in forms]
             first = int(torch.argmax(logits))
             seconds = time.perf_counter() - start
             top = []
@@ -298,11 +297,6 @@ class TransformersEngine(Engine):
         layers = [(torch.cat([p[layer, 0].unsqueeze(0) for p in parts], dim=2),
                    torch.cat([p[layer, 1].unsqueeze(0) for p in parts], dim=2)) for layer in range(self.num_layers)]
         return dynamic_cache(self.model, layers)
-
-    def _document(self, segment_id: str, kv) -> DocumentKV:
-        """A payload of a [layers, 2, kv_heads, tokens, head_dim] tensor (copied to host memory)."""
-        payload = kv.to("cpu", copy=True).contiguous().view(-1).view(self.torch.uint8).numpy()
-        return DocumentKV(doc_id=segment_id, tokens=int(kv.shape[3]), nbytes=payload.nbytes, payload=payload)
 
     def _extract(self, cache, segment_id: str, start: int, tokens: int) -> DocumentKV:
         """Copy one segment's span of every layer into a fresh payload."""
